@@ -1,0 +1,59 @@
+"""Authentication dependencies and shared request helpers."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from batchyard.errors import InvalidInput, NotAuthenticated
+from batchyard.services import accounts
+from batchyard.services.context import Actor, Platform
+
+
+def get_platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("Send an API key as 'Authorization: Bearer <key>'.")
+    return token.strip()
+
+
+def current_actor(request: Request, platform: PlatformDep) -> Actor:
+    return accounts.authenticate(platform, _bearer(request))
+
+
+def operator(request: Request) -> None:
+    token = _bearer(request)
+    expected: str = request.app.state.operator_token
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise NotAuthenticated("This endpoint needs the operator token.")
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+Operator = Annotated[None, Depends(operator)]
+
+
+async def json_object(request: Request, *, required: bool = True) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise InvalidInput("The request body must be a JSON object.")
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return data

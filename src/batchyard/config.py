@@ -1,0 +1,66 @@
+"""The server's configuration: one typed object, built once in the entry point.
+
+Every field has a ``BATCHYARD_<NAME>`` environment twin; secrets may also come
+from ``BATCHYARD_<NAME>_FILE``. Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_workers() -> int:
+    return max(2, os.cpu_count() or 2)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATCHYARD_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    operator_token: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    workers: int = Field(default_factory=_default_workers, ge=0, le=256)
+    # How often an idle worker re-checks the queue for work queued by another
+    # process; work queued in this process wakes a worker at once.
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=1)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    kill_grace_seconds: float = Field(default=0.5, ge=0)
+    log_cap_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    log_line_max_bytes: int = Field(default=16 * 1024, ge=256)
+    log_retention_days: int = Field(default=30, ge=1)
+    artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
+    artifact_max_files: int = Field(default=100, ge=0)
+    python: str | None = None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'batchyard.sqlite3').resolve()}"
+
+    def load_file_secrets(self) -> Settings:
+        """Apply ``BATCHYARD_*_FILE`` twins so secrets can live in mounted files."""
+        updates: dict[str, SecretStr] = {}
+        for name in ("operator_token", "secret_key"):
+            path = os.environ.get(f"BATCHYARD_{name.upper()}_FILE")
+            if path and getattr(self, name) is None:
+                updates[name] = SecretStr(Path(path).read_text().strip())
+        return self.model_copy(update=updates) if updates else self
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and pick the psycopg 3 driver for them."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url

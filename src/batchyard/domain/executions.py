@@ -1,0 +1,65 @@
+"""Executions and attempts: their states and what follows an attempt's end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ExecutionStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    BLOCKED = "blocked"
+    MISSED = "missed"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
+
+class AttemptOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    # The worker running it vanished (crash, restart, lost lease).
+    INTERRUPTED = "interrupted"
+
+
+FINISHED = frozenset(s for s in ExecutionStatus if s.finished)
+
+
+@dataclass(frozen=True)
+class AfterAttempt:
+    """What the execution becomes once an attempt has ended."""
+
+    status: ExecutionStatus
+    retry: bool
+    reason: str | None
+
+
+def after_attempt(outcome: AttemptOutcome, attempt_number: int, retries: int,
+                  budget_left_seconds: float | None = None) -> AfterAttempt:
+    """Decide between a retry and a final status.
+
+    ``attempt_number`` counts from 1. A retry starts only while retries remain
+    and, when the budget is known, while some of it is left (SPEC §3).
+    """
+    if outcome is AttemptOutcome.SUCCEEDED:
+        return AfterAttempt(ExecutionStatus.SUCCEEDED, False, None)
+    if outcome is AttemptOutcome.CANCELLED:
+        return AfterAttempt(ExecutionStatus.CANCELLED, False, "cancelled")
+    retry_left = attempt_number <= retries
+    budget_ok = budget_left_seconds is None or budget_left_seconds > 0
+    if retry_left and budget_ok:
+        return AfterAttempt(ExecutionStatus.QUEUED, True, None)
+    if outcome is AttemptOutcome.TIMED_OUT:
+        return AfterAttempt(ExecutionStatus.TIMED_OUT, False, "timeout")
+    reason = "interrupted" if outcome is AttemptOutcome.INTERRUPTED else "error"
+    if retry_left and not budget_ok:
+        reason = "runtime_budget_exhausted"
+    return AfterAttempt(ExecutionStatus.FAILED, False, reason)

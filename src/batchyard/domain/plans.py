@@ -1,0 +1,69 @@
+"""Plan limits of an account, with the seed's default plan."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from batchyard.errors import InvalidInput
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    max_jobs: int = 5
+    max_executions_per_day: int = 24
+    # Minutes may be fractional (0.1 = 6 s) so tests and demos can use short durations.
+    daily_runtime_budget_minutes: float = 240
+    max_invocations_per_job_per_day: int = 10
+    max_retries: int = 1
+    min_schedule_gap_minutes: float = 60
+    max_code_size_bytes: int = 4 * MIB
+    max_execution_timeout_minutes: float = 1440
+    database_access: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def daily_runtime_budget_seconds(self) -> float:
+        return self.daily_runtime_budget_minutes * 60
+
+
+_INT_FIELDS = {"max_jobs", "max_executions_per_day", "max_invocations_per_job_per_day",
+               "max_retries", "max_code_size_bytes"}
+_FLOAT_FIELDS = {"daily_runtime_budget_minutes", "min_schedule_gap_minutes",
+                 "max_execution_timeout_minutes"}
+PLAN_FIELDS = tuple(f.name for f in fields(Plan))
+
+
+def plan_from_dict(data: dict[str, Any] | None) -> Plan:
+    """Build a plan from stored JSON, tolerating fields added or removed since it was stored."""
+    known = {k: v for k, v in (data or {}).items() if k in PLAN_FIELDS}
+    return replace(Plan(), **known)
+
+
+def apply_plan_changes(plan: Plan, changes: dict[str, Any]) -> Plan:
+    """Validate an operator's partial plan change and return the new plan."""
+    updates: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key not in PLAN_FIELDS:
+            raise InvalidInput(f"Unknown plan limit {key!r}; known: {', '.join(PLAN_FIELDS)}",
+                               field=f"plan.{key}")
+        if key == "database_access":
+            if not isinstance(value, bool):
+                raise InvalidInput("plan.database_access must be true or false",
+                                   field="plan.database_access")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInput(f"plan.{key} must be a number", field=f"plan.{key}")
+        elif key in _INT_FIELDS and value != int(value):
+            raise InvalidInput(f"plan.{key} must be a whole number", field=f"plan.{key}")
+        elif value < 0 or (key in _FLOAT_FIELDS and value > 10_000_000):
+            raise InvalidInput(f"plan.{key} is out of range", field=f"plan.{key}")
+        if key in _INT_FIELDS:
+            value = int(value)
+        elif key in _FLOAT_FIELDS:
+            value = float(value)
+        updates[key] = value
+    return replace(plan, **updates)

@@ -1,0 +1,1 @@
+"""The worker side: workspaces, child processes, log pumping, the worker pool."""

@@ -1,0 +1,101 @@
+"""Buffer an attempt's log records and write them in batches while it runs.
+
+Secret values are masked before anything is stored; the per-execution cap is
+enforced here, with one notice stating the truncation. Pipes keep being drained
+after the cap so that a chatty job never blocks on a full pipe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from batchyard.services.queue import LogRecord
+
+MASK = "***"
+LogWriter = Callable[[list[LogRecord], int, int, bool], bool]
+
+
+def mask(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def mask_data(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return mask(value, secrets)
+    if isinstance(value, dict):
+        return {mask(str(k), secrets): mask_data(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_data(v, secrets) for v in value]
+    return value
+
+
+class LogSink:
+    def __init__(self, writer: LogWriter, clock: Callable[[], datetime], *,
+                 secrets: tuple[str, ...],
+                 first_seq: int, used_bytes: int, truncated: bool, cap_bytes: int,
+                 flush_interval: float = 0.2, batch_size: int = 500) -> None:
+        # Longest first, so a secret containing another is masked whole.
+        self._secrets = tuple(sorted(secrets, key=len, reverse=True))
+        self._writer = writer
+        self._clock = clock
+        self._seq = first_seq
+        self._bytes = used_bytes
+        self._truncated = truncated
+        self._cap = cap_bytes
+        self._pending: list[LogRecord] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self.fenced = False
+        self._thread = threading.Thread(target=self._run, name="log-flush", daemon=True)
+        self._thread.start()
+
+    def add(self, stream: str, message: str, level: str | None = None, data: Any = None,
+            at: datetime | None = None) -> None:
+        message = mask(message, self._secrets)
+        if data is not None:
+            data = mask_data(data, self._secrets)
+        size = len(message.encode("utf-8", "replace")) + (len(str(data)) if data else 0)
+        with self._lock:
+            if self._truncated:
+                return
+            if self._bytes + size > self._cap:
+                self._truncated = True
+                record = LogRecord(self._clock(), "log", (
+                    f"Log truncated: this execution reached its log cap of {self._cap} bytes; "
+                    "further output was discarded (the job kept running)."), "warn")
+            else:
+                self._bytes += size
+                record = LogRecord(at or self._clock(), stream, message, level, data)
+            self._pending.append(record)
+            if len(self._pending) >= self._batch_size:
+                self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            first = self._seq
+            self._seq += len(batch)
+            used, truncated = self._bytes, self._truncated
+        if batch and not self._writer(batch, first, used, truncated):
+            self.fenced = True
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._thread.join()
+        self.flush()

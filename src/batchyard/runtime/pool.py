@@ -1,0 +1,147 @@
+"""The in-process worker pool: claim an execution, run its attempt, report, repeat.
+
+Each worker thread is a driver around one step (``work_once``). Work queued in
+this process wakes a worker at once; work queued elsewhere is found by polling.
+One heartbeat thread renews every running attempt's lease and carries cancels.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from batchyard.domain.executions import AttemptOutcome
+from batchyard.runtime.logsink import LogWriter
+from batchyard.runtime.supervisor import Supervisor
+from batchyard.services import queue
+from batchyard.services.context import Platform
+from batchyard.services.queue import ClaimedAttempt, LogRecord
+
+log = logging.getLogger("batchyard.worker")
+
+
+@dataclass(frozen=True)
+class PoolTiming:
+    poll_interval: float
+    lease_seconds: float
+    heartbeat_seconds: float
+    sweep_interval: float
+
+
+class WorkerPool:
+    def __init__(self, platform: Platform, supervisor: Supervisor, node: str, size: int,
+                 timing: PoolTiming) -> None:
+        self.platform = platform
+        self.supervisor = supervisor
+        self.node = node
+        self.size = size
+        self.timing = timing
+        self._wake = threading.Condition()
+        self._signals = 0
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[str, ClaimedAttempt] = {}
+        self._running_lock = threading.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        for number in range(self.size):
+            self._spawn(self._work_loop, f"worker-{number}", number)
+        if self.size:
+            self._spawn(self._heartbeat_loop, "heartbeat")
+        self._spawn(self._sweep_loop, "sweeper")
+
+    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming, kill running attempts (recorded as interrupted, retried if allowed)."""
+        self._stopping.set()
+        with self._running_lock:
+            running = list(self._running)
+        for execution_id in running:
+            self.supervisor.stop(execution_id, AttemptOutcome.INTERRUPTED,
+                                 "the server was shut down while this attempt ran")
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def wake(self) -> None:
+        with self._wake:
+            self._signals += 1
+            self._wake.notify()
+
+    def cancel(self, execution_id: str) -> None:
+        self.supervisor.stop(execution_id, AttemptOutcome.CANCELLED,
+                             "cancelled by a user")
+
+    # --- workers ---------------------------------------------------------------------
+    def worker_id(self, number: int) -> str:
+        return f"{self.node}/{number}"
+
+    def _work_loop(self, number: int) -> None:
+        while not self._stopping.is_set():
+            try:
+                worked = self.work_once(self.worker_id(number))
+            except Exception:
+                log.exception("worker step failed")
+                worked = False
+            if worked:
+                continue
+            with self._wake:
+                if self._signals == 0 and not self._stopping.is_set():
+                    self._wake.wait(self.timing.poll_interval)
+                self._signals = max(0, self._signals - 1)
+
+    def work_once(self, worker: str) -> bool:
+        """Claim and run one attempt; False when nothing was queued."""
+        attempt = queue.claim_next_execution(self.platform, worker, self.timing.lease_seconds)
+        if attempt is None:
+            return False
+        # Another worker may take the next queued execution while this one runs.
+        self.wake()
+        with self._running_lock:
+            self._running[attempt.execution_id] = attempt
+        try:
+            result = self.supervisor.run(attempt, self.log_writer(attempt))
+        finally:
+            with self._running_lock:
+                self._running.pop(attempt.execution_id, None)
+        queue.finish_attempt(self.platform, attempt, result)
+        return True
+
+    def log_writer(self, attempt: ClaimedAttempt) -> LogWriter:
+        def write(records: list[LogRecord], first_seq: int, used: int, truncated: bool) -> bool:
+            return queue.append_logs(self.platform, attempt, records, first_seq, used, truncated)
+        return write
+
+    # --- heartbeat and sweeper -------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.timing.heartbeat_seconds):
+            with self._running_lock:
+                running = list(self._running.values())
+            for attempt in running:
+                try:
+                    ours, cancel = queue.renew_lease(self.platform, attempt,
+                                                     self.timing.lease_seconds)
+                except Exception:
+                    log.exception("lease renewal failed")
+                    continue
+                if not ours:
+                    self.supervisor.stop(attempt.execution_id, AttemptOutcome.INTERRUPTED,
+                                         "this worker lost its lease on the execution")
+                elif cancel:
+                    self.cancel(attempt.execution_id)
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(self.timing.sweep_interval):
+            try:
+                queue.sweep_lost(self.platform, self.timing.lease_seconds)
+            except Exception:
+                log.exception("sweep failed")

@@ -1,0 +1,94 @@
+"""Killing a job's whole process tree.
+
+The child leads its own session and process group; descendants that left the
+group (``setsid``) are found through /proc by parent links while the tree is
+still connected, so a job that spawns helpers or ignores SIGTERM still dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def _parents() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        fields = stat_line.rsplit(")", 1)[-1].split()
+        if len(fields) > 1:
+            parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def descendants(pid: int) -> set[int]:
+    parents = _parents()
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _signal(pids: set[int], pgid: int, sig: int) -> None:
+    for target in (lambda: os.killpg(pgid, sig), *(lambda p=p: os.kill(p, sig) for p in pids)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            target()
+
+
+def kill_tree(pid: int, grace_seconds: float) -> None:
+    """SIGTERM the group and every descendant, then SIGKILL whatever is left after the grace."""
+    known = descendants(pid)
+    _signal(known, pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if not _group_alive(pid) and not any(_exists(p) for p in known):
+            return
+        time.sleep(0.02)
+    known |= descendants(pid)
+    _signal(known, pid, signal.SIGKILL)
+
+
+def kill_group_now(pid: int) -> None:
+    """Remove what a finished job left running in its group (background helpers)."""
+    known = descendants(pid)
+    _signal(known, pid, signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still "exists" for kill(0); it is dead for our purpose.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,244 @@
+"""Run one attempt: spawn the child, pump its output, enforce its deadline, report.
+
+The child's exit is detected by a blocking ``waitpid`` (``Popen.wait()`` without
+a timeout), never by polling; the deadline is a timer that kills the whole tree.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from batchyard.domain.executions import AttemptOutcome
+from batchyard.errors import BatchyardError
+from batchyard.runtime.logsink import LogSink, LogWriter
+from batchyard.runtime.processes import kill_group_now, kill_tree
+from batchyard.runtime.workspace import collect_outputs, create_workspace
+from batchyard.sdk import BOOTSTRAP
+from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+
+ISOLATION = "process-group (own session, minimal environment; no namespace sandbox)"
+_LEVELS = {"debug", "info", "warn", "error", "fatal"}
+
+
+@dataclass(frozen=True)
+class RuntimeLimits:
+    kill_grace_seconds: float
+    log_cap_bytes: int
+    log_line_max_bytes: int
+    artifact_cap_bytes: int
+    artifact_max_files: int
+
+
+@dataclass
+class _Stop:
+    """Why the supervisor killed the child, when it did."""
+
+    reason: AttemptOutcome | None = None
+    detail: str | None = None
+
+
+class Supervisor:
+    def __init__(self, python: str, work_root: Path, limits: RuntimeLimits) -> None:
+        self.python = python
+        self.work_root = work_root
+        self.limits = limits
+        self._running: dict[str, Callable[[AttemptOutcome, str], None]] = {}
+        self._lock = threading.Lock()
+
+    def stop(self, execution_id: str, reason: AttemptOutcome, detail: str) -> bool:
+        """Kill a running attempt from outside (cancel, lost lease, shutdown)."""
+        with self._lock:
+            stopper = self._running.get(execution_id)
+        if stopper is None:
+            return False
+        stopper(reason, detail)
+        return True
+
+    def run(self, attempt: ClaimedAttempt, write_logs: LogWriter) -> AttemptResult:
+        sink = LogSink(write_logs, lambda: datetime.now(UTC),
+                       secrets=attempt.secret_values, first_seq=attempt.log_seq,
+                       used_bytes=attempt.log_bytes, truncated=attempt.log_truncated,
+                       cap_bytes=self.limits.log_cap_bytes)
+        sink.add("log", f"batchyard: attempt {attempt.number} of execution "
+                 f"{attempt.execution_id} (revision {attempt.revision}) on {attempt.worker}; "
+                 f"isolation: {ISOLATION}; deadline {attempt.deadline_seconds:g} s", "info")
+        try:
+            workspace = create_workspace(self.work_root, attempt.execution_id, attempt.number,
+                                         attempt.code)
+        except BatchyardError as exc:
+            sink.add("log", f"The code could not be prepared: {exc.message}", "error")
+            sink.close()
+            return AttemptResult(AttemptOutcome.FAILED, 0.0, None,
+                                 f"code could not be prepared: {exc.message}",
+                                 datetime.now(UTC))
+        try:
+            return self._run_child(attempt, workspace.code, workspace.output, workspace.tmp,
+                                   sink)
+        finally:
+            sink.close()
+            workspace.remove()
+
+    def _run_child(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
+                   tmp_dir: Path, sink: LogSink) -> AttemptResult:
+        parent_end, child_end = socket.socketpair()
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_dir),
+               "TMPDIR": str(tmp_dir), "LANG": "C.UTF-8", "TZ": "UTC",
+               "OUTPUT_DIR": str(output_dir)}
+        context = {
+            "event": {
+                "body": attempt.params.get("body", {}),
+                "query_string_parameters": attempt.params.get("query_string_parameters", {}),
+                "source": attempt.source, "job_name": attempt.job_name,
+                "job_instance_id": attempt.execution_id, "retry_attempt": attempt.number - 1},
+            "variables": attempt.variables, "output_dir": str(output_dir),
+            "job_name": attempt.job_name, "execution_id": attempt.execution_id,
+            "attempt": attempt.number, "database_access": attempt.database_access,
+            "email_limit": 3,
+        }
+        started = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                [self.python, "-I", "-S", "-B", str(BOOTSTRAP), "--channel-fd",
+                 str(child_end.fileno())],
+                cwd=code_dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, pass_fds=(child_end.fileno(),),
+                start_new_session=True, close_fds=True)
+        finally:
+            child_end.close()
+        stop = _Stop()
+        stopped = threading.Event()
+
+        def stopper(reason: AttemptOutcome, detail: str) -> None:
+            if stopped.is_set():
+                return
+            stop.reason, stop.detail = reason, detail
+            stopped.set()
+            kill_tree(process.pid, self.limits.kill_grace_seconds)
+
+        with self._lock:
+            self._running[attempt.execution_id] = stopper
+        timer = threading.Timer(attempt.deadline_seconds, stopper, args=(
+            AttemptOutcome.TIMED_OUT,
+            f"killed at its deadline of {attempt.deadline_seconds:g} s"
+            + (" (the time left in today's run-time budget)"
+               if attempt.deadline_seconds < attempt.timeout_seconds else "")))
+        timer.daemon = True
+        timer.start()
+        errors: list[str] = []
+        pumps = [
+            threading.Thread(target=self._pump_lines, args=(process.stdout, "stdout", sink),
+                             daemon=True),
+            threading.Thread(target=self._pump_lines, args=(process.stderr, "stderr", sink),
+                             daemon=True),
+            threading.Thread(target=self._pump_channel, args=(parent_end, sink, errors),
+                             daemon=True),
+        ]
+        for pump in pumps:
+            pump.start()
+        self._send_context(process, context)
+        try:
+            exit_code = process.wait()
+        finally:
+            timer.cancel()
+            with self._lock:
+                self._running.pop(attempt.execution_id, None)
+        runtime = time.monotonic() - started
+        # Whatever the job left behind in its group goes with it.
+        kill_group_now(process.pid)
+        for pump in pumps:
+            pump.join(timeout=2)
+        parent_end.close()
+        outputs = collect_outputs(output_dir, self.limits.artifact_max_files,
+                                  self.limits.artifact_cap_bytes)
+        for skipped in outputs.skipped:
+            sink.add("log", f"Output not kept: {skipped}", "warn")
+        outcome, error = self._outcome(exit_code, stop, errors)
+        sink.add("log", f"batchyard: attempt {attempt.number} ended: {outcome.value}"
+                 + (f" ({error})" if error else "") + f" after {runtime:.3f} s", "info")
+        return AttemptResult(outcome, runtime, exit_code, error, datetime.now(UTC),
+                             outputs.files)
+
+    @staticmethod
+    def _send_context(process: subprocess.Popen[bytes], context: dict[str, Any]) -> None:
+        assert process.stdin is not None
+        try:
+            process.stdin.write(json.dumps(context).encode())
+            process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+    @staticmethod
+    def _outcome(exit_code: int, stop: _Stop, errors: list[str]) -> \
+            tuple[AttemptOutcome, str | None]:
+        if stop.reason is not None:
+            return stop.reason, stop.detail
+        if exit_code == 0:
+            return AttemptOutcome.SUCCEEDED, None
+        if errors:
+            return AttemptOutcome.FAILED, errors[-1]
+        if exit_code < 0:
+            name = signal.Signals(-exit_code).name
+            return AttemptOutcome.FAILED, f"killed by signal {name}"
+        return AttemptOutcome.FAILED, f"exited with code {exit_code}"
+
+    def _pump_lines(self, pipe: IO[bytes] | None, stream: str, sink: LogSink) -> None:
+        assert pipe is not None
+        limit = self.limits.log_line_max_bytes
+        with pipe:
+            while True:
+                line = pipe.readline(limit)
+                if not line:
+                    return
+                sink.add(stream, line.rstrip(b"\n").decode("utf-8", "replace"))
+
+    def _pump_channel(self, channel: socket.socket, sink: LogSink, errors: list[str]) -> None:
+        with channel.makefile("rb") as reader, channel.makefile("wb") as writer:
+            for raw in reader:
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue
+                if not isinstance(record, dict):
+                    continue
+                self._on_record(record, sink, errors, writer)
+
+    @staticmethod
+    def _on_record(record: dict[str, Any], sink: LogSink, errors: list[str],
+                   writer: IO[bytes]) -> None:
+        kind = record.get("type")
+        if kind == "log":
+            level = record.get("level") if record.get("level") in _LEVELS else "info"
+            at = record.get("at")
+            when = datetime.fromtimestamp(at, UTC) if isinstance(at, int | float) else None
+            sink.add("log", str(record.get("message", "")), level, record.get("data"), when)
+        elif kind == "error":
+            errors.append(f"{record.get('error_type', 'Error')}: {record.get('message', '')}"
+                          [:2000])
+        elif kind == "email":
+            # Delivery arrives with the SMTP work; until then the request is recorded.
+            sink.add("log", f"E-mail notification ({record.get('email_type')}): "
+                     f"{record.get('subject', '')}", "info",
+                     {"email_type": record.get("email_type"),
+                      "attachments": record.get("attachments", [])})
+        elif kind == "db":
+            reply = {"ok": False, "error": "Database access is not available on this server."}
+            try:
+                writer.write(json.dumps(reply).encode() + b"\n")
+                writer.flush()
+            except OSError:
+                pass
+        elif kind == "result":
+            sink.add("log", "main returned", "debug", {"result": record.get("value")})
+
+
+__all__ = ["ISOLATION", "LogRecord", "RuntimeLimits", "Supervisor"]

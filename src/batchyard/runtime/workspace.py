@@ -1,0 +1,82 @@
+"""An attempt's fresh folders: the extracted code, the output folder, a temp folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchyard.domain import codezip
+from batchyard.services.queue import OutputFile
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    code: Path
+    output: Path
+    tmp: Path
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def create_workspace(base: Path, execution_id: str, attempt: int, code: bytes) -> Workspace:
+    """Extract the code (validated again: the stored zip is customer data) into a new folder."""
+    root = base / f"{execution_id}-{attempt}-{secrets.token_hex(4)}"
+    workspace = Workspace(root, root / "code", root / "output", root / "tmp")
+    for folder in (workspace.code, workspace.output, workspace.tmp):
+        folder.mkdir(parents=True, mode=0o700)
+    manifest = codezip.inspect_code_zip(code, len(code))
+    for entry in manifest.entries:
+        target = workspace.code / entry.target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        content = codezip.read_member(code, manifest, entry, entry.size)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+    return workspace
+
+
+@dataclass(frozen=True)
+class CollectedOutputs:
+    files: tuple[OutputFile, ...]
+    skipped: tuple[str, ...]
+
+
+def collect_outputs(output: Path, max_files: int, max_bytes: int) -> CollectedOutputs:
+    """Keep regular files only (never follow a link the job made), within the caps."""
+    files: list[OutputFile] = []
+    skipped: list[str] = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(output, followlinks=False):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            name = path.relative_to(output).as_posix()
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                skipped.append(f"{name} (not a regular file)")
+                continue
+            if len(files) >= max_files:
+                skipped.append(f"{name} (more than {max_files} files)")
+                continue
+            if total + info.st_size > max_bytes:
+                skipped.append(f"{name} (over the {max_bytes} byte output cap)")
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as handle:
+                content = handle.read(max_bytes - total + 1)
+            if total + len(content) > max_bytes:
+                skipped.append(f"{name} (over the {max_bytes} byte output cap)")
+                continue
+            total += len(content)
+            files.append(OutputFile(name, content, hashlib.sha256(content).hexdigest()))
+    return CollectedOutputs(tuple(files), tuple(skipped))

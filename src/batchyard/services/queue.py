@@ -1,0 +1,316 @@
+"""The worker side of the queue: claim, heartbeat, log, finish, sweep.
+
+Executions are the queue. A worker claims one with a lease; the attempt number
+and the lease owner fence late writes of a worker that lost its lease.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
+
+from batchyard.domain.admission import account_day
+from batchyard.domain.executions import AttemptOutcome, ExecutionStatus, after_attempt
+from batchyard.domain.jobs import settings_from_dict
+from batchyard.domain.plans import plan_from_dict
+from batchyard.services.context import Platform
+from batchyard.services.invoke import job_usage_row, usage_row
+from batchyard.store import scoped
+from batchyard.store.models import Artifact, Attempt, CodeVersion, Execution, LogLine, Revision
+
+
+@dataclass(frozen=True)
+class ClaimedAttempt:
+    """Everything a supervisor needs to run one attempt, read in the claim's transaction."""
+
+    execution_id: str
+    account_id: str
+    job_id: str
+    job_name: str
+    number: int
+    worker: str
+    revision: int
+    code: bytes
+    main_parameters: int
+    requirements: str | None
+    variables: dict[str, str]
+    secret_values: tuple[str, ...]
+    deadline_seconds: float
+    timeout_seconds: float
+    params: dict[str, Any]
+    source: str
+    database_access: bool
+    log_seq: int
+    log_bytes: int
+    log_truncated: bool
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    at: datetime
+    stream: str
+    message: str
+    level: str | None = None
+    data: Any = None
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    name: str
+    content: bytes
+    sha256: str
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: AttemptOutcome
+    runtime_seconds: float
+    exit_code: int | None
+    error: str | None
+    ended_at: datetime
+    artifacts: tuple[OutputFile, ...] = field(default=())
+
+
+def _candidate(session: Session, now: datetime, is_sqlite: bool) -> str | None:
+    running = aliased(Execution)
+    busy = (select(func.count()).select_from(running)
+            .where(running.account_id == Execution.account_id, running.status == "running")
+            .correlate(Execution).scalar_subquery())
+    # Fair across tenants: the account with the fewest running executions goes first,
+    # then the oldest queued execution.
+    stmt = (select(Execution.id)
+            .where(Execution.status == "queued", Execution.next_attempt_at <= now)
+            .order_by(busy, Execution.id).limit(1))
+    if not is_sqlite:
+        stmt = stmt.with_for_update(skip_locked=True, of=Execution)
+    return session.scalar(stmt)
+
+
+def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) -> \
+        ClaimedAttempt | None:
+    now = platform.clock.now()
+    with platform.db.write() as session:
+        execution_id = _candidate(session, now, platform.db.is_sqlite)
+        if execution_id is None:
+            return None
+        claimed = session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id, Execution.status == "queued")
+            .values(status="running", attempt_count=Execution.attempt_count + 1,
+                    lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    started_at=func.coalesce(Execution.started_at, now))
+            .returning(Execution.attempt_count)).scalar()
+        if claimed is None:
+            return None
+        execution = session.get_one(Execution, execution_id)
+        session.refresh(execution)
+        return _start_attempt(platform, session, execution, worker, now)
+
+
+def _start_attempt(platform: Platform, session: Session, execution: Execution, worker: str,
+                   now: datetime) -> ClaimedAttempt:
+    account = scoped.account(session, execution.account_id)
+    revision = session.scalars(select(Revision).where(
+        Revision.account_id == execution.account_id, Revision.job_id == execution.job_id,
+        Revision.number == execution.revision)).one()
+    code = session.scalars(select(CodeVersion).where(
+        CodeVersion.account_id == execution.account_id, CodeVersion.job_id == execution.job_id,
+        CodeVersion.version == revision.code_version)).one()
+    settings = settings_from_dict(revision.settings)
+    plan = plan_from_dict(account.plan)
+    day = account_day(now, account.timezone).isoformat()
+    usage = usage_row(session, account.id, day)
+    # In strict mode this execution's own reservation is part of `reserved_seconds`.
+    others_reserved = usage.reserved_seconds - execution.reserved_seconds
+    remaining = plan.daily_runtime_budget_seconds - usage.runtime_seconds - others_reserved
+    deadline = max(0.0, min(settings.timeout_seconds, remaining))
+    session.add(Attempt(account_id=execution.account_id, execution_id=execution.id,
+                        number=execution.attempt_count, status="running", account_day=day,
+                        started_at=now, deadline_seconds=deadline, worker=worker))
+    variables: dict[str, str] = {}
+    secret_values: list[str] = []
+    for item in revision.variables:
+        value = platform.secrets.decrypt(item["value"]) if item["secret"] else item["value"]
+        variables[item["key"]] = value
+        if item["secret"] and value:
+            secret_values.append(value)
+    return ClaimedAttempt(
+        execution_id=execution.id, account_id=execution.account_id, job_id=execution.job_id,
+        job_name=execution.job_name, number=execution.attempt_count, worker=worker,
+        revision=revision.number, code=code.content, main_parameters=code.main_parameters,
+        requirements=code.requirements, variables=variables,
+        secret_values=tuple(secret_values), deadline_seconds=deadline,
+        timeout_seconds=settings.timeout_seconds, params=dict(execution.params),
+        source=execution.source, database_access=plan.database_access,
+        log_seq=execution.log_seq, log_bytes=execution.log_bytes,
+        log_truncated=execution.log_truncated)
+
+
+def _owned(attempt: ClaimedAttempt) -> Any:
+    return and_(Execution.id == attempt.execution_id, Execution.status == "running",
+                Execution.attempt_count == attempt.number,
+                Execution.lease_owner == attempt.worker)
+
+
+def renew_lease(platform: Platform, attempt: ClaimedAttempt, lease_seconds: float) -> \
+        tuple[bool, bool]:
+    """Extend the lease. Returns (still ours, cancel requested)."""
+    now = platform.clock.now()
+    with platform.db.write() as session:
+        row = session.execute(
+            update(Execution).where(_owned(attempt))
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .returning(Execution.cancel_requested)).first()
+    if row is None:
+        return False, True
+    return True, bool(row[0])
+
+
+def append_logs(platform: Platform, attempt: ClaimedAttempt, records: list[LogRecord],
+                first_seq: int, log_bytes: int, truncated: bool) -> bool:
+    """Store a batch of log records; False when the attempt is no longer ours (fenced)."""
+    with platform.db.write() as session:
+        owned = session.execute(
+            update(Execution).where(_owned(attempt))
+            .values(log_seq=first_seq + len(records), log_bytes=log_bytes,
+                    log_truncated=truncated)
+            .returning(Execution.id)).first()
+        if owned is None:
+            return False
+        if records:
+            session.execute(insert(LogLine), [
+                {"account_id": attempt.account_id, "execution_id": attempt.execution_id,
+                 "seq": first_seq + index, "attempt": attempt.number, "at": record.at,
+                 "stream": record.stream, "level": record.level, "message": record.message,
+                 "data": record.data}
+                for index, record in enumerate(records)])
+        return True
+
+
+def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptResult) -> \
+        Execution | None:
+    """Record the attempt's end, charge its run time, then retry or close the execution.
+
+    Returns None when a sweeper already took the attempt away (the late write is dropped).
+    """
+    with platform.db.write() as session:
+        owned = session.execute(update(Execution).where(_owned(attempt))
+                                .values(lease_owner=None).returning(Execution.id)).first()
+        if owned is None:
+            return None
+        execution = session.get_one(Execution, attempt.execution_id)
+        session.refresh(execution)
+        _close_attempt(platform, session, execution, attempt.number, result)
+        for output in result.artifacts:
+            existing = session.scalars(select(Artifact).where(
+                Artifact.account_id == execution.account_id,
+                Artifact.execution_id == execution.id, Artifact.name == output.name)).first()
+            if existing is not None:
+                session.delete(existing)
+                session.flush()
+            session.add(Artifact(account_id=execution.account_id, execution_id=execution.id,
+                                 attempt=attempt.number, name=output.name,
+                                 size=len(output.content), sha256=output.sha256,
+                                 created_at=result.ended_at, content=output.content))
+    if execution.status == ExecutionStatus.QUEUED:
+        platform.on_queued()
+    return execution
+
+
+def _close_attempt(platform: Platform, session: Session, execution: Execution, number: int,
+                   result: AttemptResult) -> None:
+    attempt_row = session.scalars(select(Attempt).where(
+        Attempt.execution_id == execution.id, Attempt.number == number)).one()
+    attempt_row.status = result.outcome.value
+    attempt_row.ended_at = result.ended_at
+    attempt_row.runtime_seconds = result.runtime_seconds
+    attempt_row.exit_code = result.exit_code
+    attempt_row.error = result.error
+    # Run time is charged to the day on which the attempt started (SPEC §3).
+    usage = usage_row(session, execution.account_id, attempt_row.account_day)
+    usage.runtime_seconds += result.runtime_seconds
+    job_usage_row(session, execution.account_id, execution.job_id,
+                  attempt_row.account_day).runtime_seconds += result.runtime_seconds
+    execution.runtime_seconds += result.runtime_seconds
+    account = scoped.account(session, execution.account_id)
+    revision = session.scalars(select(Revision).where(
+        Revision.account_id == execution.account_id, Revision.job_id == execution.job_id,
+        Revision.number == execution.revision)).one()
+    settings = settings_from_dict(revision.settings)
+    plan = plan_from_dict(account.plan)
+    today = usage_row(session, execution.account_id,
+                      account_day(result.ended_at, account.timezone).isoformat())
+    budget_left = (plan.daily_runtime_budget_seconds - today.runtime_seconds
+                   - (today.reserved_seconds - execution.reserved_seconds))
+    cancelled = execution.cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
+    outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
+    decision = after_attempt(outcome, number, settings.retries, budget_left)
+    execution.lease_owner = None
+    execution.lease_expires_at = None
+    if decision.retry:
+        execution.status = ExecutionStatus.QUEUED.value
+        execution.next_attempt_at = result.ended_at
+        return
+    execution.status = decision.status.value
+    execution.reason = decision.reason
+    execution.message = result.error
+    execution.ended_at = result.ended_at
+    execution.next_attempt_at = None
+    if execution.reserved_seconds:
+        reserved_row = usage_row(session, execution.account_id, execution.account_day)
+        reserved_row.reserved_seconds = max(0.0, reserved_row.reserved_seconds
+                                            - execution.reserved_seconds)
+        execution.reserved_seconds = 0.0
+
+
+def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | None = None) -> int:
+    """Fail (or retry) attempts whose worker stopped renewing its lease.
+
+    With ``owner_prefix`` every running attempt of that owner is taken at once:
+    a restarted node knows its previous life's attempts are dead.
+    """
+    now = platform.clock.now()
+    with platform.db.read() as session:
+        stmt = select(Execution.id).where(Execution.status == "running")
+        if owner_prefix:
+            stmt = stmt.where(Execution.lease_owner.startswith(owner_prefix))
+        else:
+            stmt = stmt.where(Execution.lease_expires_at < now)
+        candidates = list(session.scalars(stmt.limit(500)))
+    swept = 0
+    for execution_id in candidates:
+        with platform.db.write() as session:
+            execution = session.get(Execution, execution_id, with_for_update=True)
+            if execution is None or execution.status != "running":
+                continue
+            if owner_prefix is None and (execution.lease_expires_at is None
+                                         or execution.lease_expires_at >= now):
+                continue
+            if owner_prefix and not (execution.lease_owner or "").startswith(owner_prefix):
+                continue
+            attempt = session.scalars(select(Attempt).where(
+                Attempt.execution_id == execution.id,
+                Attempt.number == execution.attempt_count)).one()
+            # The last renewal is our best knowledge of when it stopped running.
+            last_seen = (execution.lease_expires_at - timedelta(seconds=lease_seconds)
+                         if execution.lease_expires_at else now)
+            runtime = max(0.0, min((last_seen - attempt.started_at).total_seconds(),
+                                   attempt.deadline_seconds))
+            _close_attempt(platform, session, execution, attempt.number, AttemptResult(
+                AttemptOutcome.INTERRUPTED, runtime, None,
+                "The worker running this attempt stopped (server restart or lost worker).",
+                now))
+            swept += 1
+    if swept:
+        platform.on_queued()
+    return swept
+
+
+def is_cancel_requested(platform: Platform, attempt: ClaimedAttempt) -> bool:
+    with platform.db.read() as session:
+        return bool(session.scalar(select(Execution.cancel_requested).where(
+            Execution.id == attempt.execution_id)))
