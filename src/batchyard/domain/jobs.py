@@ -11,8 +11,9 @@ from typing import Any
 from batchyard.domain.plans import Plan
 from batchyard.errors import Conflict, InvalidInput, NotPublishable
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _-]*$")
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# \Z, not $: "$" also matches before a trailing newline ("abc\n", "a@b.c\n").
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _-]*\Z")
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
 MAX_DESCRIPTION = 1000
 MAX_VARIABLES = 200
 MAX_VARIABLE_VALUE = 64 * 1024

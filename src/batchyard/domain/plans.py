@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -57,6 +58,9 @@ def apply_plan_changes(plan: Plan, changes: dict[str, Any]) -> Plan:
                                    field="plan.database_access")
         elif isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInput(f"plan.{key} must be a number", field=f"plan.{key}")
+        elif not math.isfinite(value):
+            # JSON parsers accept NaN and Infinity; a NaN budget would admit everything.
+            raise InvalidInput(f"plan.{key} must be a finite number", field=f"plan.{key}")
         elif key in _INT_FIELDS and value != int(value):
             raise InvalidInput(f"plan.{key} must be a whole number", field=f"plan.{key}")
         elif value < 0 or (key in _FLOAT_FIELDS and value > 10_000_000):

@@ -14,21 +14,20 @@ when inherited, is the JSON-lines channel to the supervisor. Exit status: 0 when
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import inspect
 import io
-import json
 import os
-import site
 import sys
-import traceback
-from pathlib import Path
 from types import ModuleType
-from typing import Any
+
+# Start-up time is every job's latency: no typing, argparse, inspect or pathlib here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 JOBPATH = os.path.dirname(os.path.abspath(__file__))
 RESULT_LIMIT = 10_000
+# Prefix of a marshal context (a marshalled dict may itself start with "{").
+MARSHAL_MAGIC = b"BYM1"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_NOT_STARTED = 2
@@ -42,6 +41,8 @@ def run(argv: list[str]) -> int:
     """Run the job and return the process exit status."""
     global _supervisor
     args = _parse_args(argv)
+    if args.parent_pid:
+        _die_with_parent(args.parent_pid)
     _line_buffer_std_streams()
     # The SDK must come from the job path even if the customer's folder holds a
     # ``batchyard`` directory of its own, so it is imported before cwd is added.
@@ -59,17 +60,52 @@ def run(argv: list[str]) -> int:
     if output:
         os.environ.setdefault("OUTPUT_DIR", str(output))
     sys.path.insert(0, os.getcwd())
-    for directory in payload.get("site_dirs") or ():
-        # The job's own virtual environment (requirements.txt), .pth files included.
-        site.addsitedir(str(directory))
+    site_dirs = payload.get("site_dirs") or ()
+    if site_dirs:
+        import site
+
+        for directory in site_dirs:
+            # The job's own virtual environment (requirements.txt), .pth files included.
+            site.addsitedir(str(directory))
     sys.argv = ["main.py"]
-    return _run_main(Path.cwd() / "main.py", payload.get("event") or {})
+    return _run_main(os.path.join(os.getcwd(), "main.py"), payload.get("event") or {})
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="_batchyard_boot.py")
-    parser.add_argument("--channel-fd", type=int, default=3)
-    return parser.parse_args(argv)
+class _Args:
+    channel_fd = 3
+    parent_pid = 0
+
+
+def _parse_args(argv: list[str]) -> _Args:
+    """``--channel-fd N`` and ``--parent-pid P``; anything else is a supervisor bug."""
+    args = _Args()
+    pairs = iter(argv)
+    for flag in pairs:
+        value = next(pairs, None)
+        if flag not in ("--channel-fd", "--parent-pid") or value is None \
+                or not value.isdigit():
+            print(f"batchyard: bad bootstrap argument {flag!r}", file=sys.stderr)
+            raise SystemExit(EXIT_NOT_STARTED)
+        setattr(args, flag[2:].replace("-", "_"), int(value))
+    return args
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to kill this process if the supervisor dies (Linux only).
+
+    Without it, a job whose server was killed would run on, unsupervised and
+    unaccounted. The parent check closes the race where it died before the call.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig, sigkill = 1, 9
+        libc.prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_INTERRUPTED)
 
 
 def _line_buffer_std_streams() -> None:
@@ -80,7 +116,22 @@ def _line_buffer_std_streams() -> None:
 
 
 def _read_payload() -> dict[str, Any]:
-    payload = json.loads(sys.stdin.buffer.read() or b"null")
+    """The context: ``marshal`` bytes from the supervisor (built in, no import cost), or JSON.
+
+    JSON stays accepted so that a person can start the bootstrap by hand.
+    """
+    raw = sys.stdin.buffer.read()
+    if not raw.startswith(MARSHAL_MAGIC):
+        import json  # lazily: json pulls in re and enum (~8 ms per job start)
+
+        payload = json.loads(raw or b"null")
+    else:
+        import marshal
+
+        try:
+            payload = marshal.loads(raw[len(MARSHAL_MAGIC):])
+        except (EOFError, TypeError) as exc:
+            raise ValueError(f"bad marshal payload: {exc}") from exc
     if not isinstance(payload, dict):
         raise ValueError("expected one JSON object")
     return payload
@@ -95,9 +146,9 @@ def _detach_stdin() -> None:
         os.close(null)
 
 
-def _run_main(path: Path, event: Any) -> int:
-    if not path.is_file():
-        return _not_started(f"{path.name} not found in the code folder")
+def _run_main(path: str, event: Any) -> int:
+    if not os.path.isfile(path):
+        return _not_started(f"{os.path.basename(path)} not found in the code folder")
     try:
         module = _load_main(path)
     except BaseException as exc:
@@ -107,34 +158,43 @@ def _run_main(path: Path, event: Any) -> int:
         return _not_started("main.py does not define a callable main()")
     try:
         value = entry(event) if _takes_positional(entry) else entry()
-        if inspect.iscoroutine(value):
+        if type(value).__name__ == "coroutine":
             import asyncio
 
             value = asyncio.run(value)
     except BaseException as exc:
         return _failed(exc)
-    _send({"type": "result", "value": _result_value(value)})
+    if value is not None:
+        _send({"type": "result", "value": _result_value(value)})
     _flush_std_streams()
     return EXIT_OK
 
 
-def _load_main(path: Path) -> ModuleType:
+def _load_main(path: str) -> ModuleType:
     """Import ``main.py`` as module ``main`` (so ``if __name__ == "__main__"`` stays off).
 
     The code is compiled and run here rather than through the loader so that a
     traceback shows the customer's frames only, as ``python main.py`` would.
     """
-    spec = importlib.util.spec_from_file_location("main", path)
-    if spec is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
+    module = ModuleType("main")
+    module.__file__ = path
     sys.modules["main"] = module
-    code = compile(path.read_bytes(), str(path), "exec")
+    with open(path, "rb") as source:
+        code = compile(source.read(), path, "exec")
     exec(code, module.__dict__)
     return module
 
 
+_CO_VARARGS = 0x04
+
+
 def _takes_positional(entry: Any) -> bool:
+    code = getattr(entry, "__code__", None)
+    if code is not None and not hasattr(entry, "__wrapped__"):
+        # A plain function: its code object answers without importing inspect.
+        return code.co_argcount > 0 or bool(code.co_flags & _CO_VARARGS)
+    import inspect
+
     try:
         parameters = inspect.signature(entry).parameters.values()
     except (TypeError, ValueError):
@@ -171,6 +231,8 @@ def _print_traceback(exc: BaseException) -> None:
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
+    import traceback
+
     traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
 
 
@@ -182,6 +244,8 @@ def _not_started(message: str) -> int:
 
 def _result_value(value: Any) -> Any:
     """``value`` itself when it is small JSON; else its JSON text or repr, cut short."""
+    import json  # lazily: json pulls in re and enum (~8 ms per job start)
+
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
@@ -218,6 +282,12 @@ def _flush_std_streams() -> None:
                 stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def start() -> None:
+    """Entry for ``python -c "...; _batchyard_boot.start()"``: the module then loads from
+    its cached bytecode, which a script given by path never does."""
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,336 @@
+"""Helpers of the end-to-end tier: a real ``batchyard serve`` process driven over HTTP.
+
+Nothing here fakes the platform: the server is a subprocess on a free port, with
+its own data folder and its own ``TMPDIR``; clients are plain ``httpx`` clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+OPERATOR_TOKEN = "e2e-operator-token-5f0c2b"
+READY_TIMEOUT = 20.0
+STOP_GRACE = 10.0
+FINISHED = frozenset({"succeeded", "failed", "timed_out", "cancelled", "blocked", "missed"})
+# Files the server may keep in its data folder besides the (empty, between runs) work/.
+DATA_DIR_FILES = frozenset({"batchyard.sqlite3", "batchyard.sqlite3-wal", "batchyard.sqlite3-shm",
+                            "batchyard.sqlite3-journal", "secret.key", "node.id",
+                            "operator.token"})
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """One ``batchyard serve`` subprocess over a data folder."""
+
+    def __init__(self, root: Path, data_dir: Path | None = None, workers: int = 2) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.data_dir = data_dir or root / "data"
+        self.tmp_dir = root / "tmp"
+        self.tmp_dir.mkdir(exist_ok=True)
+        self.log_path = root / f"server-{uuid.uuid4().hex[:6]}.log"
+        self.workers = workers
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no output captured)"
+
+    def start(self) -> ServerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHYARD_")}
+        env.update(BATCHYARD_OPERATOR_TOKEN=OPERATOR_TOKEN, TMPDIR=str(self.tmp_dir),
+                   PYTHONUNBUFFERED="1")
+        for _try in range(3):
+            self.port = free_port()
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "batchyard.cli.main", "serve",
+                     "--port", str(self.port), "--data-dir", str(self.data_dir),
+                     "--workers", str(self.workers)],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            if self._wait_ready():
+                return self
+            lost_port_race = "address already in use" in self.output().lower()
+            self._reap()
+            if not lost_port_race:
+                break
+        raise AssertionError(f"batchyard serve did not answer /api/v1/health within "
+                             f"{READY_TIMEOUT:g} s; its output:\n{self.output()}")
+
+    def _wait_ready(self) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if httpx.get(f"{self.base_url}/api/v1/health", timeout=2).status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def _reap(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after the grace; returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once: the server gets no chance to clean up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def client(self, token: str = OPERATOR_TOKEN) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+
+
+# --- accounts --------------------------------------------------------------------------
+ROLES = ("owner", "developer", "viewer")
+_API_ROLE = {"owner": "admin", "developer": "developer", "viewer": "viewer"}
+
+
+@dataclass
+class Account:
+    """An account made through the operator API, with one user (and key) per role."""
+
+    id: str
+    keys: dict[str, str]
+    base_url: str
+    _clients: dict[str, httpx.Client] = field(default_factory=dict)
+
+    def client(self, role: str = "owner") -> httpx.Client:
+        if role not in self._clients:
+            self._clients[role] = httpx.Client(
+                base_url=self.base_url, timeout=30,
+                headers={"Authorization": f"Bearer {self.keys[role]}"})
+        return self._clients[role]
+
+    @property
+    def owner(self) -> httpx.Client:
+        return self.client("owner")
+
+    @property
+    def developer(self) -> httpx.Client:
+        return self.client("developer")
+
+    @property
+    def viewer(self) -> httpx.Client:
+        return self.client("viewer")
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+def create_account(operator: httpx.Client, *, plan: dict[str, Any] | None = None,
+                   enabled: bool = True) -> Account:
+    tag = uuid.uuid4().hex[:10]
+    body: dict[str, Any] = {"name": f"e2e-{tag}", "batch_jobs_enabled": enabled}
+    if plan:
+        body["plan"] = plan
+    response = operator.post("/api/v1/admin/accounts", json=body)
+    assert response.status_code == 201, response.text
+    account_id = response.json()["id"]
+    keys = {}
+    for role in ROLES:
+        made = operator.post(f"/api/v1/admin/accounts/{account_id}/users",
+                             json={"email": f"{role}-{tag}@example.com",
+                                   "role": _API_ROLE[role]})
+        assert made.status_code == 201, made.text
+        keys[role] = made.json()["api_key"]
+    return Account(account_id, keys, str(operator.base_url).rstrip("/"))
+
+
+# --- code packages ---------------------------------------------------------------------
+def make_zip(files: dict[str, str | bytes], *,
+             compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def zip_with_entries(entries: Iterable[zipfile.ZipInfo | tuple[zipfile.ZipInfo, bytes]]
+                     ) -> bytes:
+    """A zip holding hand-made entries (links, odd paths): each a ZipInfo or (info, data)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for entry in entries:
+            info, data = entry if isinstance(entry, tuple) else (entry, b"")
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def zip_bomb(path: Path, expanded_bytes: int = 1024 ** 3) -> bytes:
+    """A valid package (main.py) plus one entry of zeros that expands to ``expanded_bytes``."""
+    chunk = bytes(1024 * 1024)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED,
+                         compresslevel=1) as archive:
+        archive.writestr("main.py", "def main(event):\n    return None\n")
+        with archive.open("zeros.bin", "w", force_zip64=True) as member:
+            for _ in range(expanded_bytes // len(chunk)):
+                member.write(chunk)
+    return path.read_bytes()
+
+
+# --- the job flow ----------------------------------------------------------------------
+def unique_name(prefix: str = "job") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_job(client: httpx.Client, name: str | None = None) -> str:
+    response = client.post("/api/v1/jobs", json={"name": name or unique_name()})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def upload_code(client: httpx.Client, job_id: str, data: bytes) -> httpx.Response:
+    return client.put(f"/api/v1/jobs/{job_id}/code", content=data,
+                      headers={"Content-Type": "application/zip"})
+
+
+def deploy_job(account: Account, main_py: str, *, settings: dict[str, Any] | None = None,
+               variables: list[dict[str, Any]] | None = None,
+               extra_files: dict[str, str | bytes] | None = None) -> str:
+    """Create, upload, schedule (ad hoc), configure and publish a job; return its id."""
+    client = account.owner
+    job_id = create_job(client)
+    uploaded = upload_code(client, job_id, make_zip({"main.py": main_py, **(extra_files or {})}))
+    assert uploaded.status_code == 201, uploaded.text
+    for path, body in ((f"/api/v1/jobs/{job_id}/schedule", {"type": "none"}),
+                       (f"/api/v1/jobs/{job_id}/settings", settings or {}),
+                       (f"/api/v1/jobs/{job_id}/variables", {"variables": variables or []})):
+        response = client.put(path, json=body)
+        assert response.status_code == 200, f"PUT {path}: {response.text}"
+    published = client.post(f"/api/v1/jobs/{job_id}/publish")
+    assert published.status_code == 200, published.text
+    assert published.json()["status"] == "published"
+    return job_id
+
+
+def invoke(client: httpx.Client, job_id: str, body: Any = None) -> str:
+    response = client.post(f"/api/v1/jobs/{job_id}/invoke", json=body if body is not None else {})
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+    return str(response.json()["execution_id"])
+
+
+def get_execution(client: httpx.Client, execution_id: str) -> dict[str, Any]:
+    response = client.get(f"/api/v1/executions/{execution_id}")
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def wait_for(client: httpx.Client, execution_id: str, statuses: Iterable[str] | str = FINISHED,
+             timeout: float = 15.0) -> dict[str, Any]:
+    """Poll the execution until its status is one of ``statuses``; return it."""
+    wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+    deadline = time.monotonic() + timeout
+    execution = get_execution(client, execution_id)
+    while execution["status"] not in wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"execution {execution_id} did not reach {sorted(wanted)} "
+                                 f"within {timeout:g} s; now:\n{json.dumps(execution, indent=1)}")
+        time.sleep(0.1)
+        execution = get_execution(client, execution_id)
+    return execution
+
+
+def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(interval)
+
+
+def read_logs(client: httpx.Client, execution_id: str, **params: Any) -> list[dict[str, Any]]:
+    response = client.get(f"/api/v1/executions/{execution_id}/logs", params=params)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def lines_of(logs: list[dict[str, Any]], stream: str) -> list[str]:
+    return [item["message"] for item in logs if item["stream"] == stream]
+
+
+# --- processes -------------------------------------------------------------------------
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (state Z) or a missing /proc entry counts as dead."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def kill_orphan(pid: int, marker: str) -> None:
+    """SIGKILL a job process left behind by a killed server, if it is still the one we mean.
+
+    ``marker`` (the execution id) must appear in the process's environment: its output
+    folder is named after the execution, so a recycled pid is never hit.
+    """
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return
+    if marker.encode() in environ:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
