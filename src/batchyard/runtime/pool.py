@@ -18,7 +18,7 @@ from batchyard.runtime.logsink import LogWriter
 from batchyard.runtime.supervisor import Supervisor
 from batchyard.services import queue
 from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt, LogRecord
+from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
 
 log = logging.getLogger("batchyard.worker")
 
@@ -110,6 +110,13 @@ class WorkerPool:
             self._running[attempt.execution_id] = attempt
         try:
             result = self.supervisor.run(attempt, self.log_writer(attempt))
+        except Exception as exc:
+            # A bug of ours must not leave the execution "running": record it on the attempt.
+            log.exception("attempt %s/%d crashed in the supervisor", attempt.execution_id,
+                          attempt.number)
+            result = AttemptResult(AttemptOutcome.FAILED, 0.0, None,
+                                   f"internal error in the worker: {type(exc).__name__}: {exc}",
+                                   self.platform.clock.now())
         finally:
             with self._running_lock:
                 self._running.pop(attempt.execution_id, None)

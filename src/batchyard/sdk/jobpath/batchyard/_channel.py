@@ -9,9 +9,10 @@ job code may log from several threads.
 
 from __future__ import annotations
 
+import _thread  # not threading: it imports functools and collections (~3 ms a start)
 import errno
 import os
-import _thread  # not threading: it imports functools and collections (~3 ms a start)
+
 # Not `from typing import TYPE_CHECKING`: importing typing costs every job ~4 ms.
 TYPE_CHECKING = False
 

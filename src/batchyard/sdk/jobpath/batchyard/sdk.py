@@ -10,10 +10,13 @@ own environment happens to provide it.
 
 from __future__ import annotations
 
+import _thread  # not threading: it imports functools and collections (~3 ms a start)
 import os
 import sys
-import _thread  # not threading: it imports functools and collections (~3 ms a start)
 import time
+
+from batchyard._channel import Channel
+
 # Not `from typing import TYPE_CHECKING`: importing typing costs every job ~4 ms.
 TYPE_CHECKING = False
 
@@ -23,8 +26,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
     from pathlib import Path
     from typing import Any
-
-from batchyard._channel import Channel
 
 __all__ = [
     "MXException",
