@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -82,16 +82,18 @@ class Supervisor:
                                          attempt.code)
         except BatchyardError as exc:
             sink.add("log", f"The code could not be prepared: {exc.message}", "error")
-            sink.close()
             return AttemptResult(AttemptOutcome.FAILED, 0.0, None,
                                  f"code could not be prepared: {exc.message}",
-                                 datetime.now(UTC))
+                                 datetime.now(UTC), logs=sink.close())
         try:
-            return self._run_child(attempt, workspace.code, workspace.output, workspace.tmp,
-                                   sink)
-        finally:
+            result = self._run_child(attempt, workspace.code, workspace.output, workspace.tmp,
+                                     sink)
+        except BaseException:
             sink.close()
+            raise
+        finally:
             workspace.remove()
+        return replace(result, logs=sink.close())
 
     def _run_child(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
                    tmp_dir: Path, sink: LogSink) -> AttemptResult:
@@ -110,16 +112,23 @@ class Supervisor:
             "attempt": attempt.number, "database_access": attempt.database_access,
             "email_limit": 3,
         }
+        # The job holds the read end; only this process holds the write end, so the
+        # job sees EOF (and kills its group) the moment this server dies.
+        liveness_read, liveness_write = os.pipe()
         started = time.monotonic()
         try:
             process = subprocess.Popen(
                 [self.python, "-I", "-S", "-B", "-c", BOOT_COMMAND, str(JOBPATH), "--channel-fd",
-                 str(child_end.fileno()), "--parent-pid", str(os.getpid())],
+                 str(child_end.fileno()), "--liveness-fd", str(liveness_read)],
                 cwd=code_dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=(child_end.fileno(),),
+                stderr=subprocess.PIPE, pass_fds=(child_end.fileno(), liveness_read),
                 start_new_session=True, close_fds=True)
+        except BaseException:
+            os.close(liveness_write)
+            raise
         finally:
             child_end.close()
+            os.close(liveness_read)
         stop = _Stop()
         stopped = threading.Event()
 
@@ -155,6 +164,7 @@ class Supervisor:
             exit_code = process.wait()
         finally:
             timer.cancel()
+            os.close(liveness_write)
             with self._lock:
                 self._running.pop(attempt.execution_id, None)
         runtime = time.monotonic() - started

@@ -23,7 +23,7 @@ from batchyard.errors import BatchyardError
 from batchyard.services.context import Actor, Platform
 from batchyard.services.ids import new_id
 from batchyard.store import scoped
-from batchyard.store.models import Execution, Job, JobUsageDay, Revision, UsageDay
+from batchyard.store.models import Execution, Job, JobUsageDay, UsageDay
 
 ACTIVE = ("queued", "running")
 
@@ -72,7 +72,7 @@ def job_usage_row(session: Session, account_id: str, job_id: str, day: str) -> J
     return row
 
 
-def admit(session: Session, account_id: str, invocation: Invocation,
+def admit(platform: Platform, session: Session, account_id: str, invocation: Invocation,
           now: datetime) -> tuple[Execution, Admission]:
     """Record one invocation as a queued or a blocked execution, in the caller's transaction.
 
@@ -86,10 +86,8 @@ def admit(session: Session, account_id: str, invocation: Invocation,
     plan = plan_from_dict(account.plan)
     revision = None
     if job.revision is not None:
-        revision = session.scalars(select(Revision).where(
-            Revision.account_id == account_id, Revision.job_id == job.id,
-            Revision.number == job.revision)).one()
-    settings = settings_from_dict(revision.settings if revision else job.settings)
+        revision = platform.revisions.get(session, account_id, job.id, job.revision)
+    settings = revision.settings if revision else settings_from_dict(job.settings)
     usage = usage_row(session, account_id, day)
     job_usage = job_usage_row(session, account_id, job.id, day)
     active = session.scalar(select(func.count()).select_from(Execution).where(
@@ -135,7 +133,7 @@ def invoke(platform: Platform, actor: Actor, job_id: str, body: Any,
     invocation = Invocation(job_id=job_id, source="api",
                             params={"body": body, "query_string_parameters": query})
     with platform.db.write() as session:
-        execution, admission = admit(session, actor.account_id, invocation, now)
+        execution, admission = admit(platform, session, actor.account_id, invocation, now)
     if not admission.admitted:
         raise Blocked(admission, execution.id)
     platform.on_queued()

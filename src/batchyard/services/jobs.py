@@ -26,6 +26,7 @@ from batchyard.domain.schedules import validate_schedule
 from batchyard.errors import Conflict, InvalidInput, LimitExceeded
 from batchyard.services import audit
 from batchyard.services.context import Actor, Platform
+from batchyard.services.executions import _release_reservation
 from batchyard.services.ids import new_id
 from batchyard.store import scoped
 from batchyard.store.models import CodeVersion, Execution, Job, Revision, Variable
@@ -134,6 +135,11 @@ def delete_job(platform: Platform, actor: Actor, job_id: str) -> Job:
         job.deleted_at = now
         before_status = job.status
         job.status = JobStatus.UNPUBLISHED.value if job.status != "draft" else job.status
+        # Strict budget mode: the queued executions cancelled below give back their reservation.
+        for queued in session.scalars(select(Execution).where(
+                Execution.account_id == actor.account_id, Execution.job_id == job.id,
+                Execution.status == "queued", Execution.reserved_seconds > 0)):
+            _release_reservation(session, queued)
         session.execute(update(Execution).where(
             Execution.account_id == actor.account_id, Execution.job_id == job.id,
             Execution.status == "queued").values(

@@ -15,12 +15,11 @@ from sqlalchemy.orm import Session, aliased
 
 from batchyard.domain.admission import account_day
 from batchyard.domain.executions import AttemptOutcome, ExecutionStatus, after_attempt
-from batchyard.domain.jobs import settings_from_dict
 from batchyard.domain.plans import plan_from_dict
 from batchyard.services.context import Platform
 from batchyard.services.invoke import job_usage_row, usage_row
 from batchyard.store import scoped
-from batchyard.store.models import Artifact, Attempt, CodeVersion, Execution, LogLine, Revision
+from batchyard.store.models import Artifact, Attempt, Execution, LogLine
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,16 @@ class OutputFile:
 
 
 @dataclass(frozen=True)
+class LogBatch:
+    """Log records not yet stored, with the execution's log counters after them."""
+
+    records: tuple[LogRecord, ...]
+    first_seq: int
+    used_bytes: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
 class AttemptResult:
     outcome: AttemptOutcome
     runtime_seconds: float
@@ -73,6 +82,8 @@ class AttemptResult:
     error: str | None
     ended_at: datetime
     artifacts: tuple[OutputFile, ...] = field(default=())
+    # The attempt's last log records, stored in the same transaction as its end.
+    logs: LogBatch | None = None
 
 
 def _candidate(session: Session, now: datetime, is_sqlite: bool) -> str | None:
@@ -114,13 +125,10 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) 
 def _start_attempt(platform: Platform, session: Session, execution: Execution, worker: str,
                    now: datetime) -> ClaimedAttempt:
     account = scoped.account(session, execution.account_id)
-    revision = session.scalars(select(Revision).where(
-        Revision.account_id == execution.account_id, Revision.job_id == execution.job_id,
-        Revision.number == execution.revision)).one()
-    code = session.scalars(select(CodeVersion).where(
-        CodeVersion.account_id == execution.account_id, CodeVersion.job_id == execution.job_id,
-        CodeVersion.version == revision.code_version)).one()
-    settings = settings_from_dict(revision.settings)
+    assert execution.revision is not None
+    revision = platform.revisions.get(session, execution.account_id, execution.job_id,
+                                      execution.revision)
+    settings = revision.settings
     plan = plan_from_dict(account.plan)
     day = account_day(now, account.timezone).isoformat()
     usage = usage_row(session, account.id, day)
@@ -141,8 +149,9 @@ def _start_attempt(platform: Platform, session: Session, execution: Execution, w
     return ClaimedAttempt(
         execution_id=execution.id, account_id=execution.account_id, job_id=execution.job_id,
         job_name=execution.job_name, number=execution.attempt_count, worker=worker,
-        revision=revision.number, code=code.content, main_parameters=code.main_parameters,
-        requirements=code.requirements, variables=variables,
+        revision=revision.number, code=revision.code,
+        main_parameters=revision.main_parameters, requirements=revision.requirements,
+        variables=variables,
         secret_values=tuple(secret_values), deadline_seconds=deadline,
         timeout_seconds=settings.timeout_seconds, params=dict(execution.params),
         source=execution.source, database_access=plan.database_access,
@@ -174,21 +183,26 @@ def append_logs(platform: Platform, attempt: ClaimedAttempt, records: list[LogRe
                 first_seq: int, log_bytes: int, truncated: bool) -> bool:
     """Store a batch of log records; False when the attempt is no longer ours (fenced)."""
     with platform.db.write() as session:
-        owned = session.execute(
-            update(Execution).where(_owned(attempt))
-            .values(log_seq=first_seq + len(records), log_bytes=log_bytes,
-                    log_truncated=truncated)
-            .returning(Execution.id)).first()
-        if owned is None:
-            return False
-        if records:
-            session.execute(insert(LogLine), [
-                {"account_id": attempt.account_id, "execution_id": attempt.execution_id,
-                 "seq": first_seq + index, "attempt": attempt.number, "at": record.at,
-                 "stream": record.stream, "level": record.level, "message": record.message,
-                 "data": record.data}
-                for index, record in enumerate(records)])
-        return True
+        return _store_logs(session, attempt, LogBatch(tuple(records), first_seq, log_bytes,
+                                                      truncated))
+
+
+def _store_logs(session: Session, attempt: ClaimedAttempt, batch: LogBatch) -> bool:
+    owned = session.execute(
+        update(Execution).where(_owned(attempt))
+        .values(log_seq=batch.first_seq + len(batch.records), log_bytes=batch.used_bytes,
+                log_truncated=batch.truncated)
+        .returning(Execution.id)).first()
+    if owned is None:
+        return False
+    if batch.records:
+        session.execute(insert(LogLine), [
+            {"account_id": attempt.account_id, "execution_id": attempt.execution_id,
+             "seq": batch.first_seq + index, "attempt": attempt.number, "at": record.at,
+             "stream": record.stream, "level": record.level, "message": record.message,
+             "data": record.data}
+            for index, record in enumerate(batch.records)])
+    return True
 
 
 def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptResult) -> \
@@ -198,6 +212,8 @@ def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptR
     Returns None when a sweeper already took the attempt away (the late write is dropped).
     """
     with platform.db.write() as session:
+        if result.logs is not None and not _store_logs(session, attempt, result.logs):
+            return None
         owned = session.execute(update(Execution).where(_owned(attempt))
                                 .values(lease_owner=None).returning(Execution.id)).first()
         if owned is None:
@@ -237,10 +253,9 @@ def _close_attempt(platform: Platform, session: Session, execution: Execution, n
                   attempt_row.account_day).runtime_seconds += result.runtime_seconds
     execution.runtime_seconds += result.runtime_seconds
     account = scoped.account(session, execution.account_id)
-    revision = session.scalars(select(Revision).where(
-        Revision.account_id == execution.account_id, Revision.job_id == execution.job_id,
-        Revision.number == execution.revision)).one()
-    settings = settings_from_dict(revision.settings)
+    assert execution.revision is not None
+    settings = platform.revisions.get(session, execution.account_id, execution.job_id,
+                                      execution.revision).settings
     plan = plan_from_dict(account.plan)
     today = usage_row(session, execution.account_id,
                       account_day(result.ended_at, account.timezone).isoformat())

@@ -1,0 +1,123 @@
+"""Shared bench plumbing: a real `batchyard serve` process and a ready account.
+
+Benches print figures; they assert nothing (targets are read by people, not CI).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+BIG_PLAN = {"max_jobs": 1000, "max_executions_per_day": 10_000_000,
+            "max_invocations_per_job_per_day": 10_000_000,
+            "daily_runtime_budget_minutes": 10_000_000}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    operator: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+
+
+@contextmanager
+def running_server(*extra_env: tuple[str, str], workers: int | None = None) -> Iterator[Server]:
+    port = free_port()
+    token = "bench-" + secrets.token_hex(8)
+    with tempfile.TemporaryDirectory(prefix="batchyard-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        env = {**os.environ, "BATCHYARD_OPERATOR_TOKEN": token, **dict(extra_env)}
+        command = [sys.executable, "-m", "batchyard.cli.main", "serve", "--port", str(port),
+                   "--data-dir", str(data_dir)]
+        if workers is not None:
+            command += ["--workers", str(workers)]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the server did not start")
+            time.sleep(0.1)
+        try:
+            yield Server(url, token, process, data_dir)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def code_zip(main_py: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("main.py", main_py)
+    return buffer.getvalue()
+
+
+def admin_client(server: Server) -> httpx.Client:
+    operator = httpx.Client(base_url=server.url,
+                            headers={"Authorization": f"Bearer {server.operator}"})
+    account = operator.post("/api/v1/admin/accounts", json={
+        "name": "bench", "batch_jobs_enabled": True, "plan": BIG_PLAN}).json()
+    user = operator.post(f"/api/v1/admin/accounts/{account['id']}/users", json={
+        "email": f"bench-{secrets.token_hex(4)}@example.com", "role": "admin"}).json()
+    return httpx.Client(base_url=server.url, timeout=30,
+                        headers={"Authorization": f"Bearer {user['api_key']}"})
+
+
+def published_job(client: httpx.Client, name: str, main_py: str,
+                  timeout_minutes: float = 5) -> str:
+    job = client.post("/api/v1/jobs", json={"name": name}).json()
+    client.put(f"/api/v1/jobs/{job['id']}/code", content=code_zip(main_py),
+               headers={"Content-Type": "application/zip"}).raise_for_status()
+    client.put(f"/api/v1/jobs/{job['id']}/schedule", json={"type": "none"}).raise_for_status()
+    client.put(f"/api/v1/jobs/{job['id']}/settings",
+               json={"timeout_minutes": timeout_minutes,
+                     "concurrency": "allow"}).raise_for_status()
+    client.post(f"/api/v1/jobs/{job['id']}/publish").raise_for_status()
+    return str(job["id"])
+
+
+def wait_finished(client: httpx.Client, execution_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execution = client.get(f"/api/v1/executions/{execution_id}").json()
+        if execution["status"] not in ("queued", "running"):
+            return dict(execution)
+        time.sleep(0.005)
+    raise TimeoutError(execution_id)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
