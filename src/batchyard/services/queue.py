@@ -19,7 +19,7 @@ from batchyard.domain.plans import plan_from_dict
 from batchyard.services.context import Platform
 from batchyard.services.invoke import job_usage_row, usage_row
 from batchyard.store import scoped
-from batchyard.store.models import Artifact, Attempt, Execution, LogLine
+from batchyard.store.models import Account, Artifact, Attempt, Execution, LogLine
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,11 @@ def _candidate(session: Session, now: datetime, is_sqlite: bool) -> str | None:
             .correlate(Execution).scalar_subquery())
     # Fair across tenants: the account with the fewest running executions goes first,
     # then the oldest queued execution.
+    # A disabled account runs nothing: its queued executions wait until it is enabled.
     stmt = (select(Execution.id)
-            .where(Execution.status == "queued", Execution.next_attempt_at <= now)
+            .join(Account, Account.id == Execution.account_id)
+            .where(Execution.status == "queued", Execution.next_attempt_at <= now,
+                   Account.batch_jobs_enabled.is_(True))
             .order_by(busy, Execution.id).limit(1))
     if not is_sqlite:
         stmt = stmt.with_for_update(skip_locked=True, of=Execution)

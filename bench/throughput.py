@@ -1,0 +1,68 @@
+"""End-to-end throughput of trivial jobs: API invoke → run → succeeded, default pool.
+
+Target (issue 2): >= 40 executions/s on this 2-core machine. Eight client threads
+invoke `def main(): pass`; the clock stops when the last execution has succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import admin_client, published_job, running_server
+
+EXECUTIONS = 400
+CLIENTS = 8
+
+
+def main() -> None:
+    with running_server() as server:
+        client = admin_client(server)
+        job_id = published_job(client, "trivial", "def main():\n    pass\n")
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def invoke_some(count: int) -> None:
+            import httpx
+
+            with httpx.Client(base_url=server.url, headers=client.headers, timeout=30) as own:
+                for _ in range(count):
+                    answer = own.post(f"/api/v1/jobs/{job_id}/invoke", json={})
+                    answer.raise_for_status()
+                    with lock:
+                        ids.append(answer.json()["execution_id"])
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=invoke_some, args=(EXECUTIONS // CLIENTS,))
+                   for _ in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        invoked = time.monotonic() - started
+        while True:
+            usage = client.get("/api/v1/executions",
+                               params={"job_id": job_id, "status": "succeeded",
+                                       "limit": 500}).json()
+            done = len(usage["items"])
+            if done >= EXECUTIONS:
+                break
+            failed = client.get("/api/v1/executions",
+                                params={"job_id": job_id, "status": "failed"}).json()["items"]
+            if failed:
+                raise RuntimeError(f"{len(failed)} executions failed: {failed[0]}")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+    print(f"throughput: {EXECUTIONS} trivial executions (API -> run -> succeeded) with "
+          f"{CLIENTS} clients and the default pool ({max(2, os.cpu_count() or 2)} workers, "
+          f"{os.cpu_count()} cores): {EXECUTIONS / elapsed:.1f} executions/s "
+          f"(all invoked after {invoked:.2f} s, all succeeded after {elapsed:.2f} s; "
+          "target >= 40/s)")
+
+
+if __name__ == "__main__":
+    main()
