@@ -6,20 +6,21 @@ and the lease owner fence late writes of a worker that lost its lease.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from batchyard.domain.admission import account_day
 from batchyard.domain.executions import AttemptOutcome, ExecutionStatus, after_attempt
 from batchyard.domain.plans import plan_from_dict
 from batchyard.services.context import Platform
-from batchyard.services.invoke import job_usage_row, usage_row
-from batchyard.store import scoped
-from batchyard.store.models import Account, Artifact, Attempt, Execution, LogLine
+from batchyard.services.invoke import usage_row
+from batchyard.store import scoped, usage
+from batchyard.store.models import Account, Artifact, Attempt, Execution, LogLine, UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -86,22 +87,29 @@ class AttemptResult:
     logs: LogBatch | None = None
 
 
-def _candidate(session: Session, now: datetime, is_sqlite: bool) -> str | None:
+@functools.cache
+def _candidate_statement(lock: bool) -> Select[str]:
+    """Built once: constructing the aliased subquery costs more than running it."""
     running = aliased(Execution)
     busy = (select(func.count()).select_from(running)
             .where(running.account_id == Execution.account_id, running.status == "running")
             .correlate(Execution).scalar_subquery())
     # Fair across tenants: the account with the fewest running executions goes first,
-    # then the oldest queued execution.
-    # A disabled account runs nothing: its queued executions wait until it is enabled.
+    # then the oldest queued execution. A disabled account runs nothing: its queued
+    # executions wait until it is enabled.
     stmt = (select(Execution.id)
             .join(Account, Account.id == Execution.account_id)
-            .where(Execution.status == "queued", Execution.next_attempt_at <= now,
+            .where(Execution.status == "queued",
+                   Execution.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
                    Account.batch_jobs_enabled.is_(True))
             .order_by(busy, Execution.id).limit(1))
-    if not is_sqlite:
+    if lock:
         stmt = stmt.with_for_update(skip_locked=True, of=Execution)
-    return session.scalar(stmt)
+    return stmt
+
+
+def _candidate(session: Session, now: datetime, is_sqlite: bool) -> str | None:
+    return session.scalar(_candidate_statement(not is_sqlite), {"now": now})
 
 
 def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) -> \
@@ -121,7 +129,6 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) 
         if claimed is None:
             return None
         execution = session.get_one(Execution, execution_id)
-        session.refresh(execution)
         return _start_attempt(platform, session, execution, worker, now)
 
 
@@ -221,68 +228,65 @@ def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptR
                                 .values(lease_owner=None).returning(Execution.id)).first()
         if owned is None:
             return None
-        execution = session.get_one(Execution, attempt.execution_id)
-        session.refresh(execution)
-        _close_attempt(platform, session, execution, attempt.number, result)
+        _close_attempt(platform, session, attempt.execution_id, attempt.number, result)
         for output in result.artifacts:
-            existing = session.scalars(select(Artifact).where(
-                Artifact.account_id == execution.account_id,
-                Artifact.execution_id == execution.id, Artifact.name == output.name)).first()
-            if existing is not None:
-                session.delete(existing)
-                session.flush()
-            session.add(Artifact(account_id=execution.account_id, execution_id=execution.id,
-                                 attempt=attempt.number, name=output.name,
-                                 size=len(output.content), sha256=output.sha256,
-                                 created_at=result.ended_at, content=output.content))
+            session.execute(delete(Artifact).where(
+                Artifact.account_id == attempt.account_id,
+                Artifact.execution_id == attempt.execution_id, Artifact.name == output.name))
+            session.execute(insert(Artifact).values(
+                account_id=attempt.account_id, execution_id=attempt.execution_id,
+                attempt=attempt.number, name=output.name, size=len(output.content),
+                sha256=output.sha256, created_at=result.ended_at, content=output.content))
+        execution = session.get_one(Execution, attempt.execution_id)
     if execution.status == ExecutionStatus.QUEUED:
         platform.on_queued()
     return execution
 
 
-def _close_attempt(platform: Platform, session: Session, execution: Execution, number: int,
+_EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
+_ATTEMPT: Table = Attempt.__table__  # type: ignore[assignment]
+
+
+def _close_attempt(platform: Platform, session: Session, execution_id: str, number: int,
                    result: AttemptResult) -> None:
-    attempt_row = session.scalars(select(Attempt).where(
-        Attempt.execution_id == execution.id, Attempt.number == number)).one()
-    attempt_row.status = result.outcome.value
-    attempt_row.ended_at = result.ended_at
-    attempt_row.runtime_seconds = result.runtime_seconds
-    attempt_row.exit_code = result.exit_code
-    attempt_row.error = result.error
+    """Core statements only: this runs once per attempt and the ORM's overhead showed."""
+    day = session.execute(
+        update(_ATTEMPT).where(_ATTEMPT.c.execution_id == execution_id,
+                               _ATTEMPT.c.number == number)
+        .values(status=result.outcome.value, ended_at=result.ended_at,
+                runtime_seconds=result.runtime_seconds, exit_code=result.exit_code,
+                error=result.error)
+        .returning(_ATTEMPT.c.account_day)).scalar_one()
+    row = session.execute(
+        update(_EXECUTION).where(_EXECUTION.c.id == execution_id)
+        .values(runtime_seconds=_EXECUTION.c.runtime_seconds + result.runtime_seconds,
+                lease_owner=None, lease_expires_at=None)
+        .returning(_EXECUTION.c.account_id, _EXECUTION.c.job_id, _EXECUTION.c.revision,
+                   _EXECUTION.c.cancel_requested, _EXECUTION.c.reserved_seconds,
+                   _EXECUTION.c.account_day)).one()
+    account_id, job_id, revision, cancel_requested, reserved, admitted_day = row
     # Run time is charged to the day on which the attempt started (SPEC §3).
-    usage = usage_row(session, execution.account_id, attempt_row.account_day)
-    usage.runtime_seconds += result.runtime_seconds
-    job_usage_row(session, execution.account_id, execution.job_id,
-                  attempt_row.account_day).runtime_seconds += result.runtime_seconds
-    execution.runtime_seconds += result.runtime_seconds
-    account = scoped.account(session, execution.account_id)
-    assert execution.revision is not None
-    settings = platform.revisions.get(session, execution.account_id, execution.job_id,
-                                      execution.revision).settings
-    plan = plan_from_dict(account.plan)
-    today = usage_row(session, execution.account_id,
-                      account_day(result.ended_at, account.timezone).isoformat())
-    budget_left = (plan.daily_runtime_budget_seconds - today.runtime_seconds
-                   - (today.reserved_seconds - execution.reserved_seconds))
-    cancelled = execution.cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
+    usage.add_account(session, account_id, day, runtime_seconds=result.runtime_seconds)
+    usage.add_job(session, account_id, job_id, day, runtime_seconds=result.runtime_seconds)
+    plan_data, timezone = session.execute(select(Account.plan, Account.timezone)
+                                          .where(Account.id == account_id)).one()
+    settings = platform.revisions.get(session, account_id, job_id, revision).settings
+    _, used, reserved_today = usage.account_day_row(
+        session, account_id, account_day(result.ended_at, timezone).isoformat())
+    budget_left = (plan_from_dict(plan_data).daily_runtime_budget_seconds - used
+                   - (reserved_today - reserved))
+    cancelled = cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
     outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
     decision = after_attempt(outcome, number, settings.retries, budget_left)
-    execution.lease_owner = None
-    execution.lease_expires_at = None
     if decision.retry:
-        execution.status = ExecutionStatus.QUEUED.value
-        execution.next_attempt_at = result.ended_at
+        session.execute(update(_EXECUTION).where(_EXECUTION.c.id == execution_id).values(
+            status=ExecutionStatus.QUEUED.value, next_attempt_at=result.ended_at))
         return
-    execution.status = decision.status.value
-    execution.reason = decision.reason
-    execution.message = result.error
-    execution.ended_at = result.ended_at
-    execution.next_attempt_at = None
-    if execution.reserved_seconds:
-        reserved_row = usage_row(session, execution.account_id, execution.account_day)
-        reserved_row.reserved_seconds = max(0.0, reserved_row.reserved_seconds
-                                            - execution.reserved_seconds)
-        execution.reserved_seconds = 0.0
+    session.execute(update(_EXECUTION).where(_EXECUTION.c.id == execution_id).values(
+        status=decision.status.value, reason=decision.reason, message=result.error,
+        ended_at=result.ended_at, next_attempt_at=None, reserved_seconds=0.0))
+    if reserved:
+        usage.add_account(session, account_id, admitted_day, reserved_seconds=-reserved)
 
 
 def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | None = None) -> int:
@@ -318,7 +322,7 @@ def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | Non
                          if execution.lease_expires_at else now)
             runtime = max(0.0, min((last_seen - attempt.started_at).total_seconds(),
                                    attempt.deadline_seconds))
-            _close_attempt(platform, session, execution, attempt.number, AttemptResult(
+            _close_attempt(platform, session, execution.id, attempt.number, AttemptResult(
                 AttemptOutcome.INTERRUPTED, runtime, None,
                 "The worker running this attempt stopped (server restart or lost worker).",
                 now))
