@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.orm import Session
 
 from batchyard.domain.admission import (
@@ -19,11 +19,11 @@ from batchyard.domain.admission import (
 from batchyard.domain.jobs import settings_from_dict
 from batchyard.domain.plans import plan_from_dict
 from batchyard.domain.roles import Permission, check
-from batchyard.errors import BatchyardError
+from batchyard.errors import BatchyardError, NotFound
 from batchyard.services.context import Actor, Platform
 from batchyard.services.ids import new_id
-from batchyard.store import scoped
-from batchyard.store.models import Execution, Job, JobUsageDay, UsageDay
+from batchyard.store import usage
+from batchyard.store.models import Account, Execution, Job, JobUsageDay
 
 ACTIVE = ("queued", "running")
 
@@ -52,79 +52,84 @@ class Invocation:
     idempotency_key: str | None = None
 
 
-def usage_row(session: Session, account_id: str, day: str) -> UsageDay:
-    row = session.get(UsageDay, (account_id, day), with_for_update=True)
-    if row is None:
-        row = UsageDay(account_id=account_id, day=day, executions=0, runtime_seconds=0.0,
-                       reserved_seconds=0.0)
-        session.add(row)
-        session.flush()
-    return row
+@dataclass(frozen=True)
+class Recorded:
+    """The execution an invocation became: queued, or blocked with a reason."""
+
+    id: str
+    status: str
+    reason: str | None
+    job_id: str
+    job_name: str
+    revision: int | None
+    source: str
+    params: dict[str, Any]
+    account_day: str
 
 
-def job_usage_row(session: Session, account_id: str, job_id: str, day: str) -> JobUsageDay:
-    row = session.get(JobUsageDay, (job_id, day), with_for_update=True)
-    if row is None:
-        row = JobUsageDay(job_id=job_id, day=day, account_id=account_id, executions=0,
-                          runtime_seconds=0.0)
-        session.add(row)
-        session.flush()
-    return row
+_EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
 
 
 def admit(platform: Platform, session: Session, account_id: str, invocation: Invocation,
-          now: datetime) -> tuple[Execution, Admission]:
+          now: datetime) -> tuple[Recorded, Admission]:
     """Record one invocation as a queued or a blocked execution, in the caller's transaction.
 
     The account row is locked first (PostgreSQL ``FOR UPDATE``; SQLite holds the
     database write lock from ``BEGIN IMMEDIATE``), so concurrent API servers and
-    schedulers see each other's counters and can never over-admit.
+    schedulers see each other's counters and can never over-admit. Core
+    statements: this runs for every invocation.
     """
-    account = scoped.account(session, account_id, lock=True)
-    job: Job = scoped.job(session, account_id, invocation.job_id)
+    account = session.execute(
+        select(Account.timezone, Account.plan, Account.batch_jobs_enabled, Account.budget_mode)
+        .where(Account.id == account_id).with_for_update()).one_or_none()
+    job = session.execute(
+        select(Job.id, Job.name, Job.status, Job.revision, Job.settings)
+        .where(Job.account_id == account_id, Job.id == invocation.job_id,
+               Job.deleted_at.is_(None))).one_or_none()
+    if account is None or job is None:
+        raise NotFound(f"Job {invocation.job_id} not found.")
     day = account_day(now, account.timezone).isoformat()
     plan = plan_from_dict(account.plan)
     revision = None
     if job.revision is not None:
         revision = platform.revisions.get(session, account_id, job.id, job.revision)
     settings = revision.settings if revision else settings_from_dict(job.settings)
-    usage = usage_row(session, account_id, day)
-    job_usage = job_usage_row(session, account_id, job.id, day)
-    active = session.scalar(select(func.count()).select_from(Execution).where(
-        Execution.account_id == account_id, Execution.job_id == job.id,
-        Execution.status.in_(ACTIVE))) or 0
+    executions, runtime, reserved = usage.account_day_row(session, account_id, day)
+    job_executions = session.scalar(select(JobUsageDay.executions).where(
+        JobUsageDay.job_id == job.id, JobUsageDay.day == day)) or 0
+    active = session.scalar(select(func.count()).select_from(_EXECUTION).where(
+        _EXECUTION.c.account_id == account_id, _EXECUTION.c.job_id == job.id,
+        _EXECUTION.c.status.in_(ACTIVE))) or 0
     admission = decide_admission(
         enabled=account.batch_jobs_enabled, published=job.status == "published", plan=plan,
         settings=settings,
-        usage=Usage(executions=usage.executions, job_executions=job_usage.executions,
-                    runtime_seconds=usage.runtime_seconds,
-                    reserved_seconds=usage.reserved_seconds, job_active=active))
-    execution = Execution(
-        id=new_id("exe"), account_id=account_id, job_id=job.id, job_name=job.name,
-        revision=job.revision if revision else None, source=invocation.source,
+        usage=Usage(executions=executions, job_executions=job_executions,
+                    runtime_seconds=runtime, reserved_seconds=reserved, job_active=active))
+    strict = admission.admitted and account.budget_mode == "strict"
+    recorded = Recorded(new_id("exe"), "queued" if admission.admitted else "blocked",
+                        admission.reason.value if admission.reason else None, job.id, job.name,
+                        job.revision if revision else None, invocation.source,
+                        invocation.params, day)
+    session.execute(insert(_EXECUTION).values(
+        id=recorded.id, account_id=account_id, job_id=job.id, job_name=job.name,
+        revision=recorded.revision, source=invocation.source,
         scheduled_for=invocation.scheduled_for, idempotency_key=invocation.idempotency_key,
-        status="queued" if admission.admitted else "blocked",
-        reason=admission.reason.value if admission.reason else None,
+        status=recorded.status, reason=recorded.reason,
         message=None if admission.admitted else admission.message,
         params=invocation.params, account_day=day, created_at=now, runtime_seconds=0.0,
-        reserved_seconds=0.0, attempt_count=0, next_attempt_at=now, cancel_requested=False,
-        log_bytes=0, log_seq=0,
-        log_truncated=False)
-    if not admission.admitted:
-        execution.ended_at = now
-        execution.next_attempt_at = None
-    else:
-        usage.executions += 1
-        job_usage.executions += 1
-        if account.budget_mode == "strict":
-            usage.reserved_seconds += settings.timeout_seconds
-            execution.reserved_seconds = settings.timeout_seconds
-    session.add(execution)
-    return execution, admission
+        reserved_seconds=settings.timeout_seconds if strict else 0.0, attempt_count=0,
+        next_attempt_at=now if admission.admitted else None,
+        ended_at=None if admission.admitted else now,
+        cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False))
+    if admission.admitted:
+        usage.add_account(session, account_id, day, executions=1,
+                          reserved_seconds=settings.timeout_seconds if strict else 0.0)
+        usage.add_job(session, account_id, job.id, day, executions=1)
+    return recorded, admission
 
 
 def invoke(platform: Platform, actor: Actor, job_id: str, body: Any,
-           query: dict[str, str]) -> Execution:
+           query: dict[str, str]) -> Recorded:
     """Answer at once: the execution is queued, or recorded as blocked and raised."""
     check(actor.role, Permission.WRITE)
     if actor.super_admin_only:

@@ -18,8 +18,7 @@ from batchyard.domain.admission import account_day
 from batchyard.domain.executions import AttemptOutcome, ExecutionStatus, after_attempt
 from batchyard.domain.plans import plan_from_dict
 from batchyard.services.context import Platform
-from batchyard.services.invoke import usage_row
-from batchyard.store import scoped, usage
+from batchyard.store import usage
 from batchyard.store.models import Account, Artifact, Attempt, Execution, LogLine, UTCDateTime
 
 
@@ -119,36 +118,43 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) 
         execution_id = _candidate(session, now, platform.db.is_sqlite)
         if execution_id is None:
             return None
-        claimed = session.execute(
-            update(Execution)
-            .where(Execution.id == execution_id, Execution.status == "queued")
-            .values(status="running", attempt_count=Execution.attempt_count + 1,
+        # The status condition makes the claim exclusive even without SKIP LOCKED.
+        row = session.execute(
+            update(_EXECUTION)
+            .where(_EXECUTION.c.id == execution_id, _EXECUTION.c.status == "queued")
+            .values(status="running", attempt_count=_EXECUTION.c.attempt_count + 1,
                     lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    started_at=func.coalesce(Execution.started_at, now))
-            .returning(Execution.attempt_count)).scalar()
-        if claimed is None:
+                    started_at=func.coalesce(_EXECUTION.c.started_at, now))
+            .returning(*(_EXECUTION.c[name] for name in _CLAIMED_COLUMNS))).first()
+        if row is None:
             return None
-        execution = session.get_one(Execution, execution_id)
-        return _start_attempt(platform, session, execution, worker, now)
+        return _start_attempt(platform, session, row._mapping, worker, now)
 
 
-def _start_attempt(platform: Platform, session: Session, execution: Execution, worker: str,
+_CLAIMED_COLUMNS = ("id", "account_id", "job_id", "job_name", "revision", "attempt_count",
+                    "reserved_seconds", "params", "source", "log_seq", "log_bytes",
+                    "log_truncated")
+
+
+def _start_attempt(platform: Platform, session: Session, execution: Any, worker: str,
                    now: datetime) -> ClaimedAttempt:
-    account = scoped.account(session, execution.account_id)
-    assert execution.revision is not None
-    revision = platform.revisions.get(session, execution.account_id, execution.job_id,
-                                      execution.revision)
+    plan_data, timezone = session.execute(select(Account.plan, Account.timezone).where(
+        Account.id == execution["account_id"])).one()
+    revision = platform.revisions.get(session, execution["account_id"], execution["job_id"],
+                                      execution["revision"])
     settings = revision.settings
-    plan = plan_from_dict(account.plan)
-    day = account_day(now, account.timezone).isoformat()
-    usage = usage_row(session, account.id, day)
-    # In strict mode this execution's own reservation is part of `reserved_seconds`.
-    others_reserved = usage.reserved_seconds - execution.reserved_seconds
-    remaining = plan.daily_runtime_budget_seconds - usage.runtime_seconds - others_reserved
+    plan = plan_from_dict(plan_data)
+    day = account_day(now, timezone).isoformat()
+    _, runtime, reserved = usage.account_day_row(session, execution["account_id"], day)
+    # In strict mode this execution's own reservation is part of `reserved`.
+    others_reserved = reserved - execution["reserved_seconds"]
+    remaining = plan.daily_runtime_budget_seconds - runtime - others_reserved
     deadline = max(0.0, min(settings.timeout_seconds, remaining))
-    session.add(Attempt(account_id=execution.account_id, execution_id=execution.id,
-                        number=execution.attempt_count, status="running", account_day=day,
-                        started_at=now, deadline_seconds=deadline, worker=worker))
+    number = execution["attempt_count"]
+    session.execute(insert(_ATTEMPT).values(
+        account_id=execution["account_id"], execution_id=execution["id"], number=number,
+        status="running", account_day=day, started_at=now, deadline_seconds=deadline,
+        worker=worker))
     variables: dict[str, str] = {}
     secret_values: list[str] = []
     for item in revision.variables:
@@ -157,16 +163,15 @@ def _start_attempt(platform: Platform, session: Session, execution: Execution, w
         if item["secret"] and value:
             secret_values.append(value)
     return ClaimedAttempt(
-        execution_id=execution.id, account_id=execution.account_id, job_id=execution.job_id,
-        job_name=execution.job_name, number=execution.attempt_count, worker=worker,
-        revision=revision.number, code=revision.code,
+        execution_id=execution["id"], account_id=execution["account_id"],
+        job_id=execution["job_id"], job_name=execution["job_name"], number=number,
+        worker=worker, revision=revision.number, code=revision.code,
         main_parameters=revision.main_parameters, requirements=revision.requirements,
-        variables=variables,
-        secret_values=tuple(secret_values), deadline_seconds=deadline,
-        timeout_seconds=settings.timeout_seconds, params=dict(execution.params),
-        source=execution.source, database_access=plan.database_access,
-        log_seq=execution.log_seq, log_bytes=execution.log_bytes,
-        log_truncated=execution.log_truncated)
+        variables=variables, secret_values=tuple(secret_values), deadline_seconds=deadline,
+        timeout_seconds=settings.timeout_seconds, params=dict(execution["params"]),
+        source=execution["source"], database_access=plan.database_access,
+        log_seq=execution["log_seq"], log_bytes=execution["log_bytes"],
+        log_truncated=execution["log_truncated"])
 
 
 def _owned(attempt: ClaimedAttempt) -> Any:
