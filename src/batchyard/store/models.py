@@ -159,6 +159,8 @@ class Execution(Base):
         Index("ix_executions_queue", "status", "next_attempt_at"),
         Index("ix_executions_account_job", "account_id", "job_id", "id"),
         Index("ix_executions_account_day", "account_id", "account_day"),
+        # Admission counts a job's queued/running executions on every invocation.
+        Index("ix_executions_job_status", "job_id", "status"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))

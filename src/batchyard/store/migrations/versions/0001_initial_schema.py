@@ -165,6 +165,7 @@ def upgrade() -> None:
     with op.batch_alter_table('executions', schema=None) as batch_op:
         batch_op.create_index('ix_executions_account_day', ['account_id', 'account_day'], unique=False)
         batch_op.create_index('ix_executions_account_job', ['account_id', 'job_id', 'id'], unique=False)
+        batch_op.create_index('ix_executions_job_status', ['job_id', 'status'], unique=False)
         batch_op.create_index('ix_executions_queue', ['status', 'next_attempt_at'], unique=False)
 
     op.create_table('job_usage_days',
@@ -296,6 +297,7 @@ def downgrade() -> None:
     op.drop_table('job_usage_days')
     with op.batch_alter_table('executions', schema=None) as batch_op:
         batch_op.drop_index('ix_executions_queue')
+        batch_op.drop_index('ix_executions_job_status')
         batch_op.drop_index('ix_executions_account_job')
         batch_op.drop_index('ix_executions_account_day')
 
