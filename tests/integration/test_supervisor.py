@@ -1,0 +1,138 @@
+"""The supervisor against real child processes: caps, deadlines, process trees, outputs."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from batchyard.app import job_python
+from batchyard.domain.executions import AttemptOutcome
+from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
+from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+
+
+def zipped(main_py: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("main.py", main_py)
+    return buffer.getvalue()
+
+
+def attempt(main_py: str, deadline: float = 10.0, secrets: dict[str, str] | None = None) -> \
+        ClaimedAttempt:
+    variables = dict(secrets or {})
+    return ClaimedAttempt(
+        execution_id="exe_test", account_id="acc_test", job_id="job_test", job_name="test",
+        number=1, worker="test/0", revision=1, code=zipped(main_py), main_parameters=1,
+        requirements=None, variables=variables, secret_values=tuple(variables.values()),
+        deadline_seconds=deadline, timeout_seconds=deadline, params={"body": {}},
+        source="api", database_access=False, log_seq=0, log_bytes=0, log_truncated=False)
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Supervisor:
+    return Supervisor(job_python(None), tmp_path, RuntimeLimits(
+        kill_grace_seconds=0.3, log_cap_bytes=64 * 1024, log_line_max_bytes=1024,
+        artifact_cap_bytes=1000, artifact_max_files=2))
+
+
+def run(supervisor: Supervisor, claimed: ClaimedAttempt) -> tuple[AttemptResult,
+                                                                  list[LogRecord]]:
+    stored: list[LogRecord] = []
+
+    def writer(batch: list[LogRecord], first: int, used: int, truncated: bool) -> bool:
+        stored.extend(batch)
+        return True
+
+    result = supervisor.run(claimed, writer)
+    assert result.logs is not None
+    stored.extend(result.logs.records)
+    return result, stored
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_endless_output_is_capped_and_the_job_still_finishes(supervisor: Supervisor) -> None:
+    result, logs = run(supervisor, attempt(
+        "import sys\ndef main():\n    for i in range(200000):\n"
+        "        sys.stdout.write('x' * 100 + '\\n')\n"))
+    assert result.outcome is AttemptOutcome.SUCCEEDED
+    assert result.logs.truncated
+    assert sum(len(r.message) for r in logs) < 70 * 1024
+    assert any(r.message.startswith("Log truncated") for r in logs)
+
+
+def test_a_deadline_kills_a_tree_that_left_the_group_and_ignores_sigterm(
+        supervisor: Supervisor, tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild.pid"
+    result, _ = run(supervisor, attempt(f"""
+import os, signal, subprocess, time
+def main():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(["sleep", "347"], start_new_session=True)
+    open({str(marker)!r}, "w").write(str(child.pid))
+    time.sleep(60)
+""", deadline=1.5))
+    assert result.outcome is AttemptOutcome.TIMED_OUT
+    assert 1.5 <= result.runtime_seconds < 3.5
+    assert not alive(int(marker.read_text()))
+
+
+def test_background_helpers_in_the_group_die_when_main_returns(
+        supervisor: Supervisor, tmp_path: Path) -> None:
+    marker = tmp_path / "helper.pid"
+    result, _ = run(supervisor, attempt(f"""
+import subprocess
+def main():
+    helper = subprocess.Popen(["sleep", "349"])
+    open({str(marker)!r}, "w").write(str(helper.pid))
+"""))
+    assert result.outcome is AttemptOutcome.SUCCEEDED
+    pid = int(marker.read_text())
+    for _ in range(50):
+        if not alive(pid):
+            break
+        os.sched_yield()
+    assert not alive(pid)
+
+
+def test_outputs_keep_regular_files_within_the_caps(supervisor: Supervisor) -> None:
+    result, logs = run(supervisor, attempt("""
+import os
+def main():
+    out = os.environ["OUTPUT_DIR"]
+    open(os.path.join(out, "a.txt"), "w").write("a" * 10)
+    open(os.path.join(out, "b.bin"), "w").write("b" * 2000)
+    os.symlink("/etc/passwd", os.path.join(out, "link"))
+    open(os.path.join(out, "c.txt"), "w").write("c")
+"""))
+    names = sorted(f.name for f in result.artifacts)
+    assert names == ["a.txt", "c.txt"]
+    skipped = " ".join(r.message for r in logs if r.message.startswith("Output not kept"))
+    assert "b.bin" in skipped and "link" in skipped
+
+
+def test_the_job_environment_holds_no_server_configuration(
+        supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHYARD_OPERATOR_TOKEN", "op-token-value")
+    _, logs = run(supervisor, attempt(
+        "import os\ndef main():\n    print(sorted(os.environ))\n"))
+    printed = next(r.message for r in logs if r.stream == "stdout")
+    assert "BATCHYARD" not in printed and "op-token-value" not in printed
+    assert "OUTPUT_DIR" in printed
+
+
+def test_workspace_is_removed_after_the_attempt(supervisor: Supervisor,
+                                                tmp_path: Path) -> None:
+    run(supervisor, attempt("def main():\n    open('scratch.txt', 'w').write('x')\n"))
+    assert list(tmp_path.iterdir()) == []
