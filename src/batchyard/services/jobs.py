@@ -110,6 +110,8 @@ def update_job(platform: Platform, actor: Actor, job_id: str, data: dict[str, An
         if "name" in data:
             name = validate_name(data["name"])
             if name != job.name:
+                # Serialise with creates and other renames of the account (PostgreSQL).
+                scoped.account(session, actor.account_id, lock=True)
                 _ensure_name_free(session, actor.account_id, name, job.id)
                 before["name"], after["name"] = job.name, name
                 job.name = name
@@ -161,7 +163,8 @@ def upload_code(platform: Platform, actor: Actor, job_id: str, data: bytes) -> C
     manifest = codezip.inspect_code_zip(data, plan.max_code_size_bytes)
     now = platform.clock.now()
     with platform.db.write() as session:
-        job = scoped.job(session, actor.account_id, job_id)
+        # The job row lock numbers concurrent uploads one after the other (PostgreSQL).
+        job = scoped.job(session, actor.account_id, job_id, lock=True)
         latest = session.scalar(select(func.max(CodeVersion.version)).where(
             CodeVersion.account_id == actor.account_id, CodeVersion.job_id == job.id)) or 0
         version = CodeVersion(
