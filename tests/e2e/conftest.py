@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from e2e_support import Account, ServerProcess, create_account, zip_bomb
+from e2e_support import (
+    Account,
+    AccountFactory,
+    ServerFactory,
+    ServerProcess,
+    create_account,
+    zip_bomb,
+)
 
-ServerFactory = Callable[..., ServerProcess]
-AccountFactory = Callable[..., Account]
+SERVERS_OF_ITEM = pytest.StashKey[list[ServerProcess]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a failure, attach the end of each server's output (a 500 is explained there)."""
+    report = yield
+    if report.failed:
+        servers: list[ServerProcess] = item.stash.get(SERVERS_OF_ITEM, [])
+        for number, process in enumerate(servers):
+            report.sections.append((f"batchyard server {number} output (last 6000 chars)",
+                                    process.output()[-6000:]))
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _servers_of_item(request: pytest.FixtureRequest) -> None:
+    request.node.stash[SERVERS_OF_ITEM] = []
 
 
 def _server_factory(base: Path) -> tuple[ServerFactory, list[ServerProcess]]:
@@ -27,9 +51,11 @@ def _server_factory(base: Path) -> tuple[ServerFactory, list[ServerProcess]]:
 
 
 @pytest.fixture
-def launch_server(tmp_path: Path) -> Iterator[ServerFactory]:
+def launch_server(tmp_path: Path, request: pytest.FixtureRequest,
+                  _servers_of_item: None) -> Iterator[ServerFactory]:
     """Start servers for one test (restarts, kills); all are stopped at its end."""
     launch, started = _server_factory(tmp_path)
+    request.node.stash[SERVERS_OF_ITEM] = started
     yield launch
     for server in started:
         server.stop()
@@ -42,6 +68,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield launch()
     for process in started:
         process.stop()
+
+
+@pytest.fixture(autouse=True)
+def _report_module_server(request: pytest.FixtureRequest, _servers_of_item: None) -> None:
+    if "server" in request.fixturenames:
+        request.node.stash[SERVERS_OF_ITEM].append(request.getfixturevalue("server"))
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +99,6 @@ def make_account(operator: httpx.Client) -> Iterator[AccountFactory]:
 
 
 @pytest.fixture(scope="session")
-def zip_bomb_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def zip_bomb_bytes() -> bytes:
     """~1 MB on the wire, 1 GiB once expanded; built once per session."""
-    return zip_bomb(tmp_path_factory.mktemp("bomb") / "bomb.zip")
+    return zip_bomb()

@@ -12,12 +12,14 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,11 @@ def create_account(operator: httpx.Client, *, plan: dict[str, Any] | None = None
     return Account(account_id, keys, str(operator.base_url).rstrip("/"))
 
 
+# What the conftest fixtures ``launch_server`` and ``make_account`` return.
+ServerFactory = Callable[..., ServerProcess]
+AccountFactory = Callable[..., Account]
+
+
 # --- code packages ---------------------------------------------------------------------
 def make_zip(files: dict[str, str | bytes], *,
              compression: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -213,16 +220,40 @@ def zip_with_entries(entries: Iterable[zipfile.ZipInfo | tuple[zipfile.ZipInfo, 
     return buffer.getvalue()
 
 
-def zip_bomb(path: Path, expanded_bytes: int = 1024 ** 3) -> bytes:
-    """A valid package (main.py) plus one entry of zeros that expands to ``expanded_bytes``."""
+def zip_bomb(expanded_bytes: int = 1024 ** 3) -> bytes:
+    """A valid package (main.py) plus one entry of zeros that expands to ``expanded_bytes``.
+
+    zipfile at compresslevel=1 makes 1 GiB of zeros into 4.7 MB (over the default plan's
+    4 MiB, so the server would answer 413 before looking inside) and at level 9 needs
+    6 s. Instead one MiB of zeros is deflated once, ending in a full flush (byte-aligned,
+    no back-references), and that segment is repeated: ~1 MB for 1 GiB, in well under a
+    second. The archive is written by hand (no zip64 needed below 4 GiB).
+    """
     chunk = bytes(1024 * 1024)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED,
-                         compresslevel=1) as archive:
-        archive.writestr("main.py", "def main(event):\n    return None\n")
-        with archive.open("zeros.bin", "w", force_zip64=True) as member:
-            for _ in range(expanded_bytes // len(chunk)):
-                member.write(chunk)
-    return path.read_bytes()
+    assert expanded_bytes % len(chunk) == 0
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    count = expanded_bytes // len(chunk)
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(chunk, crc)
+    zeros = segment * count + compressor.flush(zlib.Z_FINISH)
+    main_py = b"def main(event):\n    return None\n"
+    main_compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    main_deflated = main_compressor.compress(main_py) + main_compressor.flush()
+    entries = [(b"main.py", main_deflated, zlib.crc32(main_py), len(main_py)),
+               (b"zeros.bin", zeros, crc, expanded_bytes)]
+    out = bytearray()
+    central = bytearray()
+    for name, deflated, entry_crc, size in entries:
+        offset = len(out)
+        fields = (8, 0, 0x21, entry_crc, len(deflated), size, len(name))
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, *fields, 0) + name + deflated
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, *fields, 0, 0,
+                               0, 0, 0, offset) + name
+    out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries),
+                                 len(central), len(out), 0)
+    return bytes(out)
 
 
 # --- the job flow ----------------------------------------------------------------------
@@ -289,14 +320,16 @@ def wait_for(client: httpx.Client, execution_id: str, statuses: Iterable[str] | 
     return execution
 
 
-def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0.1) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float,
+               message: str | Callable[[], str], interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(message)
+            raise AssertionError(message if isinstance(message, str) else message())
         time.sleep(interval)
 
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import textwrap
+import time
+from collections.abc import Iterator
 
 import pytest
-from conftest import AccountFactory
-from e2e_support import deploy_job, invoke, lines_of, read_logs, wait_for
+from e2e_support import (
+    AccountFactory,
+    deploy_job,
+    get_execution,
+    invoke,
+    lines_of,
+    read_logs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -153,3 +163,55 @@ def test_files_written_to_output_dir_become_downloadable_artifacts(
         download = account.owner.get(f"/api/v1/executions/{execution['id']}/artifacts/{name}")
         assert download.status_code == 200
         assert download.content == content
+
+
+def _server_sent_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    event: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            event[name] = event.get(name, "") + value.removeprefix(" ")
+
+
+def test_log_stream_follows_a_running_job_live_and_ends_with_an_end_event(
+        make_account: AccountFactory) -> None:
+    account = make_account()
+    job_id = deploy_job(account, textwrap.dedent("""\
+        import time
+
+        def main():
+            for i in range(7):
+                print("tick", i)
+                time.sleep(0.3)
+        """))
+    execution_id = invoke(account.owner, job_id)
+    ticks: list[tuple[float, str, str]] = []
+    events: list[dict[str, str]] = []
+
+    with account.owner.stream("GET", f"/api/v1/executions/{execution_id}/logs",
+                              headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for event in _server_sent_events(response.iter_lines()):
+            events.append(event)
+            if event.get("event") == "end":
+                break
+            line = json.loads(event["data"])
+            if line["message"].startswith("tick"):
+                # Asked while the stream is open: the job must still be running.
+                status = get_execution(account.viewer, execution_id)["status"]
+                ticks.append((time.monotonic(), line["message"], status))
+        ended_at = time.monotonic()
+
+    assert [message for _, message, _ in ticks] == [f"tick {i}" for i in range(7)]
+    assert ticks[0][2] == "running"
+    assert ended_at - ticks[0][0] >= 1.0, "the lines arrived in one burst, not live"
+    assert events[-1]["event"] == "end"
+    assert json.loads(events[-1]["data"]) == {"status": "succeeded"}
+    assert all(event["event"] == "log" for event in events[:-1])
+    seqs = [int(event["id"]) for event in events[:-1]]
+    assert seqs == sorted(set(seqs))
