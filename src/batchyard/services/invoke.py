@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from batchyard.domain.admission import (
@@ -68,6 +68,18 @@ class Recorded:
 
 
 _EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
+# Built once (bound parameters): admission runs for every invocation.
+_LOCK_ACCOUNT = select(Account.timezone, Account.plan, Account.batch_jobs_enabled,
+                       Account.budget_mode).where(Account.id == bindparam("aid")) \
+    .with_for_update()
+_JOB = select(Job.id, Job.name, Job.status, Job.revision, Job.settings).where(
+    Job.account_id == bindparam("aid"), Job.id == bindparam("jid"), Job.deleted_at.is_(None))
+_JOB_EXECUTIONS = select(JobUsageDay.executions).where(
+    JobUsageDay.job_id == bindparam("jid"), JobUsageDay.day == bindparam("day"))
+_ACTIVE = select(func.count()).select_from(_EXECUTION).where(
+    _EXECUTION.c.account_id == bindparam("aid"), _EXECUTION.c.job_id == bindparam("jid"),
+    _EXECUTION.c.status.in_(ACTIVE))
+_INSERT_EXECUTION = insert(_EXECUTION)
 
 
 def admit(platform: Platform, session: Session, account_id: str, invocation: Invocation,
@@ -79,13 +91,9 @@ def admit(platform: Platform, session: Session, account_id: str, invocation: Inv
     schedulers see each other's counters and can never over-admit. Core
     statements: this runs for every invocation.
     """
-    account = session.execute(
-        select(Account.timezone, Account.plan, Account.batch_jobs_enabled, Account.budget_mode)
-        .where(Account.id == account_id).with_for_update()).one_or_none()
-    job = session.execute(
-        select(Job.id, Job.name, Job.status, Job.revision, Job.settings)
-        .where(Job.account_id == account_id, Job.id == invocation.job_id,
-               Job.deleted_at.is_(None))).one_or_none()
+    connection = session.connection()
+    account = connection.execute(_LOCK_ACCOUNT, {"aid": account_id}).one_or_none()
+    job = connection.execute(_JOB, {"aid": account_id, "jid": invocation.job_id}).one_or_none()
     if account is None or job is None:
         raise NotFound(f"Job {invocation.job_id} not found.")
     day = account_day(now, account.timezone).isoformat()
@@ -95,11 +103,9 @@ def admit(platform: Platform, session: Session, account_id: str, invocation: Inv
         revision = platform.revisions.get(session, account_id, job.id, job.revision)
     settings = revision.settings if revision else settings_from_dict(job.settings)
     executions, runtime, reserved = usage.account_day_row(session, account_id, day)
-    job_executions = session.scalar(select(JobUsageDay.executions).where(
-        JobUsageDay.job_id == job.id, JobUsageDay.day == day)) or 0
-    active = session.scalar(select(func.count()).select_from(_EXECUTION).where(
-        _EXECUTION.c.account_id == account_id, _EXECUTION.c.job_id == job.id,
-        _EXECUTION.c.status.in_(ACTIVE))) or 0
+    job_executions = connection.execute(_JOB_EXECUTIONS,
+                                        {"jid": job.id, "day": day}).scalar() or 0
+    active = connection.execute(_ACTIVE, {"aid": account_id, "jid": job.id}).scalar() or 0
     admission = decide_admission(
         enabled=account.batch_jobs_enabled, published=job.status == "published", plan=plan,
         settings=settings,
@@ -110,7 +116,7 @@ def admit(platform: Platform, session: Session, account_id: str, invocation: Inv
                         admission.reason.value if admission.reason else None, job.id, job.name,
                         job.revision if revision else None, invocation.source,
                         invocation.params, day)
-    session.execute(insert(_EXECUTION).values(
+    connection.execute(_INSERT_EXECUTION, dict(
         id=recorded.id, account_id=account_id, job_id=job.id, job_name=job.name,
         revision=recorded.revision, source=invocation.source,
         scheduled_for=invocation.scheduled_for, idempotency_key=invocation.idempotency_key,
@@ -119,8 +125,9 @@ def admit(platform: Platform, session: Session, account_id: str, invocation: Inv
         params=invocation.params, account_day=day, created_at=now, runtime_seconds=0.0,
         reserved_seconds=settings.timeout_seconds if strict else 0.0, attempt_count=0,
         next_attempt_at=now if admission.admitted else None,
-        ended_at=None if admission.admitted else now,
-        cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False))
+        ended_at=None if admission.admitted else now, started_at=None,
+        cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False,
+        lease_owner=None, lease_expires_at=None))
     if admission.admitted:
         usage.add_account(session, account_id, day, executions=1,
                           reserved_seconds=settings.timeout_seconds if strict else 0.0)

@@ -118,28 +118,32 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) 
         execution_id = _candidate(session, now, platform.db.is_sqlite)
         if execution_id is None:
             return None
-        # The status condition makes the claim exclusive even without SKIP LOCKED.
-        row = session.execute(
-            update(_EXECUTION)
-            .where(_EXECUTION.c.id == execution_id, _EXECUTION.c.status == "queued")
-            .values(status="running", attempt_count=_EXECUTION.c.attempt_count + 1,
-                    lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    started_at=func.coalesce(_EXECUTION.c.started_at, now))
-            .returning(*(_EXECUTION.c[name] for name in _CLAIMED_COLUMNS))).first()
+        row = session.connection().execute(_claim_statement(), {
+            "eid": execution_id, "p_worker": worker, "p_now": now,
+            "p_until": now + timedelta(seconds=lease_seconds)}).first()
         if row is None:
             return None
         return _start_attempt(platform, session, row._mapping, worker, now)
 
 
-_CLAIMED_COLUMNS = ("id", "account_id", "job_id", "job_name", "revision", "attempt_count",
-                    "reserved_seconds", "params", "source", "log_seq", "log_bytes",
-                    "log_truncated")
+@functools.cache
+def _claim_statement() -> Any:
+    # The status condition makes the claim exclusive even without SKIP LOCKED.
+    columns = ("id", "account_id", "job_id", "job_name", "revision", "attempt_count",
+               "reserved_seconds", "params", "source", "log_seq", "log_bytes", "log_truncated")
+    return (update(_EXECUTION)
+            .where(_EXECUTION.c.id == bindparam("eid"), _EXECUTION.c.status == "queued")
+            .values(status="running", attempt_count=_EXECUTION.c.attempt_count + 1,
+                    lease_owner=bindparam("p_worker"), lease_expires_at=bindparam("p_until"),
+                    started_at=func.coalesce(_EXECUTION.c.started_at, bindparam("p_now")))
+            .returning(*(_EXECUTION.c[name] for name in columns)))
 
 
 def _start_attempt(platform: Platform, session: Session, execution: Any, worker: str,
                    now: datetime) -> ClaimedAttempt:
-    plan_data, timezone = session.execute(select(Account.plan, Account.timezone).where(
-        Account.id == execution["account_id"])).one()
+    connection = session.connection()
+    plan_data, timezone = connection.execute(_ACCOUNT_PLAN,
+                                             {"aid": execution["account_id"]}).one()
     revision = platform.revisions.get(session, execution["account_id"], execution["job_id"],
                                       execution["revision"])
     settings = revision.settings
@@ -151,10 +155,10 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
     remaining = plan.daily_runtime_budget_seconds - runtime - others_reserved
     deadline = max(0.0, min(settings.timeout_seconds, remaining))
     number = execution["attempt_count"]
-    session.execute(insert(_ATTEMPT).values(
-        account_id=execution["account_id"], execution_id=execution["id"], number=number,
-        status="running", account_day=day, started_at=now, deadline_seconds=deadline,
-        worker=worker))
+    connection.execute(_INSERT_ATTEMPT, {
+        "account_id": execution["account_id"], "execution_id": execution["id"],
+        "number": number, "status": "running", "account_day": day, "started_at": now,
+        "deadline_seconds": deadline, "worker": worker})
     variables: dict[str, str] = {}
     secret_values: list[str] = []
     for item in revision.variables:
@@ -174,10 +178,53 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
         log_truncated=execution["log_truncated"])
 
 
-def _owned(attempt: ClaimedAttempt) -> Any:
-    return and_(Execution.id == attempt.execution_id, Execution.status == "running",
-                Execution.attempt_count == attempt.number,
-                Execution.lease_owner == attempt.worker)
+_EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
+_ATTEMPT: Table = Attempt.__table__  # type: ignore[assignment]
+_LOG: Table = LogLine.__table__  # type: ignore[assignment]
+_ARTIFACT: Table = Artifact.__table__  # type: ignore[assignment]
+_ACCOUNT: Table = Account.__table__  # type: ignore[assignment]
+
+# Statements of the per-attempt path are built once, with bound parameters:
+# constructing them anew each time cost more than executing them.
+_OWNED = and_(_EXECUTION.c.id == bindparam("eid"), _EXECUTION.c.status == "running",
+              _EXECUTION.c.attempt_count == bindparam("num"),
+              _EXECUTION.c.lease_owner == bindparam("worker"))
+_RENEW = update(_EXECUTION).where(_OWNED).values(lease_expires_at=bindparam("p_until")) \
+    .returning(_EXECUTION.c.cancel_requested)
+_LOG_COUNTERS = update(_EXECUTION).where(_OWNED).values(
+    log_seq=bindparam("p_seq"), log_bytes=bindparam("p_bytes"),
+    log_truncated=bindparam("p_truncated")).returning(_EXECUTION.c.id)
+_RELEASE = update(_EXECUTION).where(_OWNED).values(lease_owner=None) \
+    .returning(_EXECUTION.c.id)
+_END_ATTEMPT = update(_ATTEMPT).where(
+    _ATTEMPT.c.execution_id == bindparam("eid"), _ATTEMPT.c.number == bindparam("num")
+).values(status=bindparam("p_status"), ended_at=bindparam("p_ended"),
+         runtime_seconds=bindparam("p_runtime"), exit_code=bindparam("p_exit"),
+         error=bindparam("p_error")).returning(_ATTEMPT.c.account_day)
+_CHARGE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
+    runtime_seconds=_EXECUTION.c.runtime_seconds + bindparam("p_runtime"),
+    lease_owner=None, lease_expires_at=None,
+).returning(_EXECUTION.c.account_id, _EXECUTION.c.job_id, _EXECUTION.c.revision,
+            _EXECUTION.c.cancel_requested, _EXECUTION.c.reserved_seconds,
+            _EXECUTION.c.account_day)
+_ACCOUNT_PLAN = select(_ACCOUNT.c.plan, _ACCOUNT.c.timezone) \
+    .where(_ACCOUNT.c.id == bindparam("aid"))
+_REQUEUE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
+    status=ExecutionStatus.QUEUED.value, next_attempt_at=bindparam("p_at"))
+_CLOSE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
+    status=bindparam("p_status"), reason=bindparam("p_reason"),
+    message=bindparam("p_message"), ended_at=bindparam("p_ended"), next_attempt_at=None,
+    reserved_seconds=0.0)
+_INSERT_LOG = insert(_LOG)
+_INSERT_ATTEMPT = insert(_ATTEMPT)
+_DELETE_ARTIFACT = delete(_ARTIFACT).where(
+    _ARTIFACT.c.account_id == bindparam("aid"), _ARTIFACT.c.execution_id == bindparam("eid"),
+    _ARTIFACT.c.name == bindparam("p_name"))
+_INSERT_ARTIFACT = insert(_ARTIFACT)
+
+
+def _owner(attempt: ClaimedAttempt) -> dict[str, Any]:
+    return {"eid": attempt.execution_id, "num": attempt.number, "worker": attempt.worker}
 
 
 def renew_lease(platform: Platform, attempt: ClaimedAttempt, lease_seconds: float) -> \
@@ -185,10 +232,8 @@ def renew_lease(platform: Platform, attempt: ClaimedAttempt, lease_seconds: floa
     """Extend the lease. Returns (still ours, cancel requested)."""
     now = platform.clock.now()
     with platform.db.write() as session:
-        row = session.execute(
-            update(Execution).where(_owned(attempt))
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .returning(Execution.cancel_requested)).first()
+        row = session.connection().execute(_RENEW, {
+            **_owner(attempt), "p_until": now + timedelta(seconds=lease_seconds)}).first()
     if row is None:
         return False, True
     return True, bool(row[0])
@@ -203,15 +248,14 @@ def append_logs(platform: Platform, attempt: ClaimedAttempt, records: list[LogRe
 
 
 def _store_logs(session: Session, attempt: ClaimedAttempt, batch: LogBatch) -> bool:
-    owned = session.execute(
-        update(Execution).where(_owned(attempt))
-        .values(log_seq=batch.first_seq + len(batch.records), log_bytes=batch.used_bytes,
-                log_truncated=batch.truncated)
-        .returning(Execution.id)).first()
+    connection = session.connection()
+    owned = connection.execute(_LOG_COUNTERS, {
+        **_owner(attempt), "p_seq": batch.first_seq + len(batch.records),
+        "p_bytes": batch.used_bytes, "p_truncated": batch.truncated}).first()
     if owned is None:
         return False
     if batch.records:
-        session.execute(insert(LogLine), [
+        connection.execute(_INSERT_LOG, [
             {"account_id": attempt.account_id, "execution_id": attempt.execution_id,
              "seq": batch.first_seq + index, "attempt": attempt.number, "at": record.at,
              "stream": record.stream, "level": record.level, "message": record.message,
@@ -229,52 +273,38 @@ def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptR
     with platform.db.write() as session:
         if result.logs is not None and not _store_logs(session, attempt, result.logs):
             return None
-        owned = session.execute(update(Execution).where(_owned(attempt))
-                                .values(lease_owner=None).returning(Execution.id)).first()
-        if owned is None:
+        connection = session.connection()
+        if connection.execute(_RELEASE, _owner(attempt)).first() is None:
             return None
         _close_attempt(platform, session, attempt.execution_id, attempt.number, result)
         for output in result.artifacts:
-            session.execute(delete(Artifact).where(
-                Artifact.account_id == attempt.account_id,
-                Artifact.execution_id == attempt.execution_id, Artifact.name == output.name))
-            session.execute(insert(Artifact).values(
-                account_id=attempt.account_id, execution_id=attempt.execution_id,
-                attempt=attempt.number, name=output.name, size=len(output.content),
-                sha256=output.sha256, created_at=result.ended_at, content=output.content))
+            connection.execute(_DELETE_ARTIFACT, {"aid": attempt.account_id,
+                                                  "eid": attempt.execution_id,
+                                                  "p_name": output.name})
+            connection.execute(_INSERT_ARTIFACT, {
+                "account_id": attempt.account_id, "execution_id": attempt.execution_id,
+                "attempt": attempt.number, "name": output.name, "size": len(output.content),
+                "sha256": output.sha256, "created_at": result.ended_at,
+                "content": output.content})
         execution = session.get_one(Execution, attempt.execution_id)
     if execution.status == ExecutionStatus.QUEUED:
         platform.on_queued()
     return execution
 
 
-_EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
-_ATTEMPT: Table = Attempt.__table__  # type: ignore[assignment]
-
-
 def _close_attempt(platform: Platform, session: Session, execution_id: str, number: int,
                    result: AttemptResult) -> None:
-    """Core statements only: this runs once per attempt and the ORM's overhead showed."""
-    day = session.execute(
-        update(_ATTEMPT).where(_ATTEMPT.c.execution_id == execution_id,
-                               _ATTEMPT.c.number == number)
-        .values(status=result.outcome.value, ended_at=result.ended_at,
-                runtime_seconds=result.runtime_seconds, exit_code=result.exit_code,
-                error=result.error)
-        .returning(_ATTEMPT.c.account_day)).scalar_one()
-    row = session.execute(
-        update(_EXECUTION).where(_EXECUTION.c.id == execution_id)
-        .values(runtime_seconds=_EXECUTION.c.runtime_seconds + result.runtime_seconds,
-                lease_owner=None, lease_expires_at=None)
-        .returning(_EXECUTION.c.account_id, _EXECUTION.c.job_id, _EXECUTION.c.revision,
-                   _EXECUTION.c.cancel_requested, _EXECUTION.c.reserved_seconds,
-                   _EXECUTION.c.account_day)).one()
-    account_id, job_id, revision, cancel_requested, reserved, admitted_day = row
+    connection = session.connection()
+    day = connection.execute(_END_ATTEMPT, {
+        "eid": execution_id, "num": number, "p_status": result.outcome.value,
+        "p_ended": result.ended_at, "p_runtime": result.runtime_seconds,
+        "p_exit": result.exit_code, "p_error": result.error}).scalar_one()
+    account_id, job_id, revision, cancel_requested, reserved, admitted_day = connection.execute(
+        _CHARGE, {"eid": execution_id, "p_runtime": result.runtime_seconds}).one()
     # Run time is charged to the day on which the attempt started (SPEC §3).
     usage.add_account(session, account_id, day, runtime_seconds=result.runtime_seconds)
     usage.add_job(session, account_id, job_id, day, runtime_seconds=result.runtime_seconds)
-    plan_data, timezone = session.execute(select(Account.plan, Account.timezone)
-                                          .where(Account.id == account_id)).one()
+    plan_data, timezone = connection.execute(_ACCOUNT_PLAN, {"aid": account_id}).one()
     settings = platform.revisions.get(session, account_id, job_id, revision).settings
     _, used, reserved_today = usage.account_day_row(
         session, account_id, account_day(result.ended_at, timezone).isoformat())
@@ -284,12 +314,11 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
     decision = after_attempt(outcome, number, settings.retries, budget_left)
     if decision.retry:
-        session.execute(update(_EXECUTION).where(_EXECUTION.c.id == execution_id).values(
-            status=ExecutionStatus.QUEUED.value, next_attempt_at=result.ended_at))
+        connection.execute(_REQUEUE, {"eid": execution_id, "p_at": result.ended_at})
         return
-    session.execute(update(_EXECUTION).where(_EXECUTION.c.id == execution_id).values(
-        status=decision.status.value, reason=decision.reason, message=result.error,
-        ended_at=result.ended_at, next_attempt_at=None, reserved_seconds=0.0))
+    connection.execute(_CLOSE, {"eid": execution_id, "p_status": decision.status.value,
+                                "p_reason": decision.reason, "p_message": result.error,
+                                "p_ended": result.ended_at})
     if reserved:
         usage.add_account(session, account_id, admitted_day, reserved_seconds=-reserved)
 
