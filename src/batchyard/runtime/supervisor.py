@@ -129,6 +129,8 @@ class Supervisor:
         finally:
             child_end.close()
             os.close(liveness_read)
+        # First of all: the child is blocked reading its context until this is written.
+        self._send_context(process, context)
         stop = _Stop()
         stopped = threading.Event()
 
@@ -159,7 +161,6 @@ class Supervisor:
         ]
         for pump in pumps:
             pump.start()
-        self._send_context(process, context)
         try:
             exit_code = process.wait()
         finally:

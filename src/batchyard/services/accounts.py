@@ -115,7 +115,9 @@ def update_account(platform: Platform, account_id: str, data: dict[str, Any]) ->
             audit.record(session, account_id=account.id, actor=OPERATOR, at=now,
                          action="account.update", target=account.id, before=before,
                          after=after)
-        return account
+    # After the commit: cached actors carry the account's switches.
+    platform.auth.clear()
+    return account
 
 
 def _set_databases(platform: Platform, account: Account, value: object,
@@ -177,15 +179,21 @@ def _new_key(session: Session, user: User, name: str, now: Any) -> NewKey:
     return NewKey(key, secret)
 
 
+def cached_actor(platform: Platform, secret: str) -> Actor | None:
+    """The actor of a key authenticated less than a second ago, without a database read."""
+    return platform.auth.get(hash_key(secret))
+
+
 def authenticate(platform: Platform, secret: str) -> Actor:
     if not secret.startswith(KEY_PREFIX):
         raise NotAuthenticated("Unknown or revoked API key.")
+    key_hash = hash_key(secret)
     now = platform.clock.now()
     with platform.db.read() as session:
         row = session.execute(
             select(ApiKey, User, Account).join(User, User.id == ApiKey.user_id)
             .join(Account, Account.id == ApiKey.account_id)
-            .where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         ).one_or_none()
         if row is None:
             raise NotAuthenticated("Unknown or revoked API key.")
@@ -195,9 +203,11 @@ def authenticate(platform: Platform, secret: str) -> Actor:
         # Recorded to the minute, so that hot API paths do not write on every request.
         with platform.db.write() as session:
             session.get_one(ApiKey, key.id).last_used_at = now
-    return Actor(user_id=user.id, email=user.email, role=Role(user.role),
-                 account_id=account.id, batch_jobs_enabled=account.batch_jobs_enabled,
-                 super_admin_only=account.super_admin_only)
+    actor = Actor(user_id=user.id, email=user.email, role=Role(user.role),
+                  account_id=account.id, batch_jobs_enabled=account.batch_jobs_enabled,
+                  super_admin_only=account.super_admin_only)
+    platform.auth.put(key_hash, actor)
+    return actor
 
 
 def create_api_key(platform: Platform, actor: Actor, name: object) -> NewKey:
@@ -230,7 +240,9 @@ def revoke_api_key(platform: Platform, actor: Actor, key_id: str) -> ApiKey:
             key.revoked_at = now
             audit.record_by(session, actor, now, "api_key.revoke", key.id,
                             before={"name": key.name, "prefix": key.prefix})
-        return key
+    # After the commit: a clear before it could be refilled from the old state.
+    platform.auth.clear()
+    return key
 
 
 def account_of(platform: Platform, actor: Actor) -> tuple[User, Account]:

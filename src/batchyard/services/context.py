@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from batchyard.domain.clock import Clock
 from batchyard.domain.roles import Permission, Role, check
 from batchyard.errors import FeatureDisabled, Forbidden
+from batchyard.services.authcache import AuthCache
 from batchyard.services.revisions import RevisionCache
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
@@ -39,6 +40,7 @@ class Platform:
     clock: Clock
     secrets: SecretBox
     revisions: RevisionCache = field(default_factory=RevisionCache)
+    auth: AuthCache = field(default_factory=AuthCache)
     # Called after an execution is queued, so an in-process worker wakes at once.
     on_queued: Callable[[], None] = field(default=lambda: None)
     # Called after a cancel is requested, so an in-process worker can kill at once.
