@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from batchyard.domain.admission import account_day
@@ -87,43 +87,47 @@ class AttemptResult:
 
 
 @functools.cache
-def _candidate_statement(lock: bool) -> Select[str]:
-    """Built once: constructing the aliased subquery costs more than running it."""
+def _heads_statement() -> Any:
+    """The oldest due execution of each account, least busy account first.
+
+    Fair across tenants: an account with fewer running executions goes first, so
+    one tenant's backlog cannot starve another's single invocation. The busy count
+    is computed once per account with work, not once per queued row. A disabled
+    account runs nothing: its queued executions wait until it is enabled.
+    """
+    queued = (select(_EXECUTION.c.account_id, func.min(_EXECUTION.c.id).label("head"))
+              .where(_EXECUTION.c.status == "queued",
+                     _EXECUTION.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()))
+              .group_by(_EXECUTION.c.account_id).subquery())
     running = aliased(Execution)
     busy = (select(func.count()).select_from(running)
-            .where(running.account_id == Execution.account_id, running.status == "running")
-            .correlate(Execution).scalar_subquery())
-    # Fair across tenants: the account with the fewest running executions goes first,
-    # then the oldest queued execution. A disabled account runs nothing: its queued
-    # executions wait until it is enabled.
-    stmt = (select(Execution.id)
-            .join(Account, Account.id == Execution.account_id)
-            .where(Execution.status == "queued",
-                   Execution.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
-                   Account.batch_jobs_enabled.is_(True))
-            .order_by(busy, Execution.id).limit(1))
-    if lock:
-        stmt = stmt.with_for_update(skip_locked=True, of=Execution)
-    return stmt
+            .where(running.account_id == queued.c.account_id, running.status == "running")
+            .scalar_subquery())
+    return (select(queued.c.head)
+            .join(Account, Account.id == queued.c.account_id)
+            .where(Account.batch_jobs_enabled.is_(True))
+            .order_by(busy, queued.c.head).limit(bindparam("heads")))
 
 
-def _candidate(session: Session, now: datetime, is_sqlite: bool) -> str | None:
-    return session.scalar(_candidate_statement(not is_sqlite), {"now": now})
+def _candidates(session: Session, now: datetime) -> list[str]:
+    return list(session.connection().execute(_heads_statement(),
+                                             {"now": now, "heads": 4}).scalars())
 
 
 def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) -> \
         ClaimedAttempt | None:
     now = platform.clock.now()
     with platform.db.write() as session:
-        execution_id = _candidate(session, now, platform.db.is_sqlite)
-        if execution_id is None:
-            return None
-        row = session.connection().execute(_claim_statement(), {
-            "eid": execution_id, "p_worker": worker, "p_now": now,
-            "p_until": now + timedelta(seconds=lease_seconds)}).first()
-        if row is None:
-            return None
-        return _start_attempt(platform, session, row._mapping, worker, now)
+        # The conditional UPDATE is the claim: of two workers that pick the same head,
+        # one updates it and the other (on PostgreSQL, after waiting for the first to
+        # commit) updates nothing and tries the next head.
+        for execution_id in _candidates(session, now):
+            row = session.connection().execute(_claim_statement(), {
+                "eid": execution_id, "p_worker": worker, "p_now": now,
+                "p_until": now + timedelta(seconds=lease_seconds)}).first()
+            if row is not None:
+                return _start_attempt(platform, session, row._mapping, worker, now)
+        return None
 
 
 @functools.cache

@@ -156,7 +156,8 @@ class Revision(Base):
 class Execution(Base):
     __tablename__ = "executions"
     __table_args__ = (
-        Index("ix_executions_queue", "status", "next_attempt_at"),
+        # The queue: due heads per account, and running counts per account.
+        Index("ix_executions_queue", "status", "account_id", "id"),
         Index("ix_executions_account_job", "account_id", "job_id", "id"),
         Index("ix_executions_account_day", "account_id", "account_day"),
         # Admission counts a job's queued/running executions on every invocation.

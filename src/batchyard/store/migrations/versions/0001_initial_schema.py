@@ -166,7 +166,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_executions_account_day', ['account_id', 'account_day'], unique=False)
         batch_op.create_index('ix_executions_account_job', ['account_id', 'job_id', 'id'], unique=False)
         batch_op.create_index('ix_executions_job_status', ['job_id', 'status'], unique=False)
-        batch_op.create_index('ix_executions_queue', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_executions_queue', ['status', 'account_id', 'id'], unique=False)
 
     op.create_table('job_usage_days',
     sa.Column('job_id', sa.String(length=40), nullable=False),
