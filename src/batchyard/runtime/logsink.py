@@ -39,7 +39,9 @@ class LogSink:
     def __init__(self, writer: LogWriter, clock: Callable[[], datetime], *,
                  secrets: tuple[str, ...],
                  first_seq: int, used_bytes: int, truncated: bool, cap_bytes: int,
-                 flush_interval: float = 0.2, batch_size: int = 500) -> None:
+                 flush_interval: float = 0.2, batch_size: int = 500,
+                 threaded: bool = True) -> None:
+        """With ``threaded=False`` the owner calls ``flush`` itself (the output pump does)."""
         # Longest first, so a secret containing another is masked whole.
         self._secrets = tuple(sorted(secrets, key=len, reverse=True))
         self._writer = writer
@@ -55,8 +57,10 @@ class LogSink:
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self.fenced = False
-        self._thread = threading.Thread(target=self._run, name="log-flush", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="log-flush", daemon=True)
+            self._thread.start()
 
     def add(self, stream: str, message: str, level: str | None = None, data: Any = None,
             at: datetime | None = None) -> None:
@@ -78,6 +82,10 @@ class LogSink:
             self._pending.append(record)
             if len(self._pending) >= self._batch_size:
                 self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def _run(self) -> None:
         while True:
@@ -104,7 +112,8 @@ class LogSink:
         """
         self._closed = True
         self._wake.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         with self._lock:
             batch, self._pending = self._pending, []
             first = self._seq

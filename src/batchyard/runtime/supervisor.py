@@ -6,6 +6,7 @@ a timeout), never by polling; the deadline is a timer that kills the whole tree.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import marshal
 import os
@@ -18,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.errors import BatchyardError
 from batchyard.runtime.logsink import LogSink, LogWriter
 from batchyard.runtime.processes import kill_group_now, kill_tree
+from batchyard.runtime.pump import OutputPump
 from batchyard.runtime.workspace import collect_outputs, create_workspace
 from batchyard.sdk import JOBPATH
 from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
@@ -31,6 +33,9 @@ from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
 # A constant, not generated source: the job path comes in as argv[1].
 BOOT_COMMAND = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
                 "import _batchyard_boot; _batchyard_boot.start()")
+# Longest SDK record read from the channel; longer ones are cut (and then not JSON).
+CHANNEL_LINE_LIMIT = 1024 * 1024
+LOG_FLUSH_SECONDS = 0.2
 ISOLATION = "process-group (own session, minimal environment; no namespace sandbox)"
 _LEVELS = {"debug", "info", "warn", "error", "fatal"}
 
@@ -73,7 +78,7 @@ class Supervisor:
         sink = LogSink(write_logs, lambda: datetime.now(UTC),
                        secrets=attempt.secret_values, first_seq=attempt.log_seq,
                        used_bytes=attempt.log_bytes, truncated=attempt.log_truncated,
-                       cap_bytes=self.limits.log_cap_bytes)
+                       cap_bytes=self.limits.log_cap_bytes, threaded=False)
         sink.add("log", f"batchyard: attempt {attempt.number} of execution "
                  f"{attempt.execution_id} (revision {attempt.revision}) on {attempt.worker}; "
                  f"isolation: {ISOLATION}; deadline {attempt.deadline_seconds:g} s", "info")
@@ -151,16 +156,20 @@ class Supervisor:
         timer.daemon = True
         timer.start()
         errors: list[str] = []
-        pumps = [
-            threading.Thread(target=self._pump_lines, args=(process.stdout, "stdout", sink),
-                             daemon=True),
-            threading.Thread(target=self._pump_lines, args=(process.stderr, "stderr", sink),
-                             daemon=True),
-            threading.Thread(target=self._pump_channel, args=(parent_end, sink, errors),
-                             daemon=True),
-        ]
-        for pump in pumps:
-            pump.start()
+        assert process.stdout is not None and process.stderr is not None
+
+        def on_line(stream: str, line: bytes) -> None:
+            if stream == "channel":
+                self._on_channel_line(line, sink, errors, parent_end)
+            else:
+                sink.add(stream, line.decode("utf-8", "replace"))
+
+        line_limit = self.limits.log_line_max_bytes
+        pump = OutputPump([(process.stdout.fileno(), "stdout", line_limit),
+                           (process.stderr.fileno(), "stderr", line_limit),
+                           (parent_end.fileno(), "channel", CHANNEL_LINE_LIMIT)],
+                          on_line, sink.flush, LOG_FLUSH_SECONDS)
+        pump.start()
         try:
             exit_code = process.wait()
         finally:
@@ -171,8 +180,9 @@ class Supervisor:
         runtime = time.monotonic() - started
         # Whatever the job left behind in its group goes with it.
         kill_group_now(process.pid)
-        for pump in pumps:
-            pump.join(timeout=2)
+        pump.finish(timeout=2)
+        process.stdout.close()
+        process.stderr.close()
         parent_end.close()
         outputs = collect_outputs(output_dir, self.limits.artifact_max_files,
                                   self.limits.artifact_cap_bytes)
@@ -208,30 +218,18 @@ class Supervisor:
             return AttemptOutcome.FAILED, f"killed by signal {name}"
         return AttemptOutcome.FAILED, f"exited with code {exit_code}"
 
-    def _pump_lines(self, pipe: IO[bytes] | None, stream: str, sink: LogSink) -> None:
-        assert pipe is not None
-        limit = self.limits.log_line_max_bytes
-        with pipe:
-            while True:
-                line = pipe.readline(limit)
-                if not line:
-                    return
-                sink.add(stream, line.rstrip(b"\n").decode("utf-8", "replace"))
-
-    def _pump_channel(self, channel: socket.socket, sink: LogSink, errors: list[str]) -> None:
-        with channel.makefile("rb") as reader, channel.makefile("wb") as writer:
-            for raw in reader:
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict):
-                    continue
-                self._on_record(record, sink, errors, writer)
+    def _on_channel_line(self, line: bytes, sink: LogSink, errors: list[str],
+                         channel: socket.socket) -> None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(record, dict):
+            self._on_record(record, sink, errors, channel.sendall)
 
     @staticmethod
     def _on_record(record: dict[str, Any], sink: LogSink, errors: list[str],
-                   writer: IO[bytes]) -> None:
+                   reply: Callable[[bytes], object]) -> None:
         kind = record.get("type")
         if kind == "log":
             level = record.get("level") if record.get("level") in _LEVELS else "info"
@@ -248,12 +246,9 @@ class Supervisor:
                      {"email_type": record.get("email_type"),
                       "attachments": record.get("attachments", [])})
         elif kind == "db":
-            reply = {"ok": False, "error": "Database access is not available on this server."}
-            try:
-                writer.write(json.dumps(reply).encode() + b"\n")
-                writer.flush()
-            except OSError:
-                pass
+            answer = {"ok": False, "error": "Database access is not available on this server."}
+            with contextlib.suppress(OSError):
+                reply(json.dumps(answer).encode() + b"\n")
         elif kind == "result":
             sink.add("log", "main returned", "debug", {"result": record.get("value")})
 
