@@ -109,18 +109,12 @@ def cancel(platform: Platform, actor: Actor, execution_id: str) -> ExecutionDeta
             raise Conflict(f"The execution has already ended ({execution.status}).",
                            status_now=execution.status)
         before = execution.status
-        if execution.status == "queued" and execution.attempt_count == 0:
+        if execution.status == "queued":
+            # No attempt runs: the first attempt, or the retry, is simply not made.
+            when = "before it started" if execution.attempt_count == 0 else "before its retry"
             execution.status = "cancelled"
             execution.reason = "cancelled"
-            execution.message = f"cancelled by {actor.email} before it started"
-            execution.ended_at = now
-            execution.next_attempt_at = None
-            _release_reservation(session, execution)
-        elif execution.status == "queued":
-            # Between attempts: no attempt runs, so the retry is simply not made.
-            execution.status = "cancelled"
-            execution.reason = "cancelled"
-            execution.message = f"cancelled by {actor.email} before its retry"
+            execution.message = f"cancelled by {actor.email} {when}"
             execution.ended_at = now
             execution.next_attempt_at = None
             _release_reservation(session, execution)
