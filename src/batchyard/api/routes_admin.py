@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import Operator, PlatformDep
@@ -25,7 +25,7 @@ def get_account(account_id: str, _op: Operator, platform: PlatformDep) -> schema
 
 @router.patch("/accounts/{account_id}", response_model=schemas.AccountOut)
 def update_account(account_id: str, body: schemas.AccountUpdate, _op: Operator,
-                   platform: PlatformDep, request: Request) -> schemas.AccountOut:
+                   platform: PlatformDep) -> schemas.AccountOut:
     data = body.model_dump(exclude_unset=True)
     if "databases" in data and body.databases is not None:
         data["databases"] = body.databases.model_dump(exclude_unset=True)

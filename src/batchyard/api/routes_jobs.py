@@ -10,12 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import CurrentActor, PlatformDep
-from batchyard.domain.plans import plan_from_dict
-from batchyard.domain.roles import Permission
 from batchyard.errors import CodeTooLarge, InvalidCode, InvalidInput
 from batchyard.services import executions, invoke, jobs
-from batchyard.services.context import Actor, Platform
-from batchyard.store import scoped
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -48,13 +44,6 @@ def update_job(job_id: str, body: schemas.JobUpdate, actor: CurrentActor,
 @router.delete("/{job_id}", response_model=schemas.JobOut)
 def delete_job(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.JobOut:
     return views.job(jobs.delete_job(platform, actor, job_id))
-
-
-def _code_limit(platform: Platform, actor: Actor, job_id: str) -> int:
-    actor.require(Permission.WRITE)
-    with platform.db.read() as session:
-        scoped.job(session, actor.account_id, job_id)
-        return plan_from_dict(scoped.account(session, actor.account_id).plan).max_code_size_bytes
 
 
 async def _read_upload(request: Request, limit: int) -> bytes:
@@ -95,7 +84,7 @@ async def _read_upload(request: Request, limit: int) -> bytes:
                     "file": {"type": "string", "format": "binary"}}}}}}})
 async def upload_code(job_id: str, request: Request, actor: CurrentActor,
                       platform: PlatformDep) -> schemas.CodeVersionOut:
-    limit = await run_in_threadpool(_code_limit, platform, actor, job_id)
+    limit = await run_in_threadpool(jobs.code_size_limit, platform, actor, job_id)
     data = await _read_upload(request, limit)
     version = await run_in_threadpool(jobs.upload_code, platform, actor, job_id, data)
     return views.code_version(version)

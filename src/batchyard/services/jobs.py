@@ -155,6 +155,14 @@ def delete_job(platform: Platform, actor: Actor, job_id: str) -> Job:
         return job
 
 
+def code_size_limit(platform: Platform, actor: Actor, job_id: str) -> int:
+    """The plan's largest zip, checked before an upload's body is read past it."""
+    actor.require(Permission.WRITE)
+    with platform.db.read() as session:
+        scoped.job(session, actor.account_id, job_id)
+        return plan_from_dict(scoped.account(session, actor.account_id).plan).max_code_size_bytes
+
+
 def upload_code(platform: Platform, actor: Actor, job_id: str, data: bytes) -> CodeVersion:
     actor.require(Permission.WRITE)
     with platform.db.read() as session:
