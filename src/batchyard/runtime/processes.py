@@ -46,9 +46,11 @@ def descendants(pid: int) -> set[int]:
 
 
 def _signal(pids: set[int], pgid: int, sig: int) -> None:
-    for target in (lambda: os.killpg(pgid, sig), *(lambda p=p: os.kill(p, sig) for p in pids)):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            target()
+            os.kill(pid, sig)
 
 
 def kill_tree(pid: int, grace_seconds: float) -> None:
