@@ -45,7 +45,8 @@ def free_port() -> int:
 class ServerProcess:
     """One ``batchyard serve`` subprocess over a data folder."""
 
-    def __init__(self, root: Path, data_dir: Path | None = None, workers: int = 2) -> None:
+    def __init__(self, root: Path, data_dir: Path | None = None, workers: int = 2,
+                 extra_args: tuple[str, ...] = ()) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.data_dir = data_dir or root / "data"
@@ -53,6 +54,7 @@ class ServerProcess:
         self.tmp_dir.mkdir(exist_ok=True)
         self.log_path = root / f"server-{uuid.uuid4().hex[:6]}.log"
         self.workers = workers
+        self.extra_args = extra_args
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -76,7 +78,7 @@ class ServerProcess:
                 self.process = subprocess.Popen(
                     [sys.executable, "-m", "batchyard.cli.main", "serve",
                      "--port", str(self.port), "--data-dir", str(self.data_dir),
-                     "--workers", str(self.workers)],
+                     "--workers", str(self.workers), *self.extra_args],
                     env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if self._wait_ready():
                 return self
