@@ -22,6 +22,7 @@ from batchyard.api.routes_jobs import router as jobs_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
 from batchyard.runtime.pool import PoolTiming, WorkerPool
+from batchyard.runtime.scheduler_loop import SchedulerLoop
 from batchyard.runtime.supervisor import ISOLATION, RuntimeLimits, Supervisor
 from batchyard.sdk import JOBPATH
 from batchyard.services import queue
@@ -96,6 +97,9 @@ class Server:
                                    sweep_interval=self.settings.sweep_interval_seconds))
         self.platform.on_queued = self.pool.wake
         self.platform.on_cancel = self.pool.cancel
+        self.scheduler = SchedulerLoop(self.platform) if self.settings.scheduler else None
+        if self.scheduler is not None:
+            self.platform.on_schedule_change = self.scheduler.wake
         self.app = create_app(self)
 
     def start_background(self) -> None:
@@ -106,8 +110,12 @@ class Server:
         if swept:
             log.warning("recovered %d execution(s) interrupted by the last shutdown", swept)
         self.pool.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.pool.stop()
         self.db.dispose()
 

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
     artifact_max_files: int = Field(default=100, ge=0)
     python: str | None = None
+    # Fire scheduled jobs in this process (any number of processes may).
+    scheduler: bool = True
 
     @property
     def resolved_database_url(self) -> str:

@@ -161,14 +161,15 @@ def make_published_job(platform: Platform, make_job: Callable[..., Job]) -> Call
     """Create, upload, configure and publish a job; returns it as published (revision 1)."""
 
     def make(actor: Actor, code: bytes | None = None, settings: dict[str, Any] | None = None,
-             variables: list[dict[str, Any]] | None = None, name: str | None = None) -> Job:
+             variables: list[dict[str, Any]] | None = None, name: str | None = None,
+             schedule: dict[str, Any] | None = None) -> Job:
         job = make_job(actor, name=name)
         jobs.upload_code(platform, actor, job.id, code or build_code_zip())
         if settings:
             jobs.update_settings(platform, actor, job.id, settings)
         if variables:
             jobs.replace_variables(platform, actor, job.id, variables)
-        jobs.set_schedule(platform, actor, job.id, {"type": "none"})
+        jobs.set_schedule(platform, actor, job.id, schedule or {"type": "none"})
         return jobs.publish(platform, actor, job.id)
 
     return make

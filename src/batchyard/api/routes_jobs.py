@@ -10,8 +10,10 @@ from starlette.concurrency import run_in_threadpool
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import CurrentActor, PlatformDep
+from batchyard.domain import schedules
 from batchyard.errors import CodeTooLarge, InvalidCode, InvalidInput
 from batchyard.services import executions, invoke, jobs
+from batchyard.services.context import Platform
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -138,21 +140,26 @@ def put_variables(job_id: str, body: schemas.VariablesIn, actor: CurrentActor,
         for v in jobs.replace_variables(platform, actor, job_id, items)])
 
 
-def _schedule_out(job_schedule: dict[str, Any] | None) -> schemas.ScheduleOut:
+def _schedule_out(platform: Platform, job_schedule: dict[str, Any] | None) -> \
+        schemas.ScheduleOut:
+    """The working copy's schedule with its next five instants (UTC and local)."""
     data = dict(job_schedule or {"type": "none", "timezone": "UTC"})
-    return schemas.ScheduleOut(**data, next_runs=[])
+    runs = [schemas.NextRun(**run) for run in schedules.describe_next_runs(
+        data, platform.clock.now())] if data["type"] != "none" else []
+    return schemas.ScheduleOut(**data, summary=schedules.schedule_summary(data),
+                               next_runs=runs)
 
 
 @router.get("/{job_id}/schedule", response_model=schemas.ScheduleOut)
 def get_schedule(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.ScheduleOut:
-    return _schedule_out(jobs.get_job(platform, actor, job_id).schedule)
+    return _schedule_out(platform, jobs.get_job(platform, actor, job_id).schedule)
 
 
 @router.put("/{job_id}/schedule", response_model=schemas.ScheduleOut)
 def put_schedule(job_id: str, body: schemas.ScheduleIn, actor: CurrentActor,
                  platform: PlatformDep) -> schemas.ScheduleOut:
     job = jobs.set_schedule(platform, actor, job_id, body.model_dump(exclude_none=True))
-    return _schedule_out(job.schedule)
+    return _schedule_out(platform, job.schedule)
 
 
 @router.post("/{job_id}/publish", response_model=schemas.JobOut)

@@ -209,11 +209,17 @@ class VariableList(BaseModel):
     variables: list[VariableOut]
 
 
+class NextRun(BaseModel):
+    utc: str
+    local: str
+
+
 class ScheduleOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
     timezone: str
-    next_runs: list[JsonValue]
+    summary: str
+    next_runs: list[NextRun]
 
 
 class AttemptOut(BaseModel):

@@ -45,3 +45,5 @@ class Platform:
     on_queued: Callable[[], None] = field(default=lambda: None)
     # Called after a cancel is requested, so an in-process worker can kill at once.
     on_cancel: Callable[[str], None] = field(default=lambda _execution_id: None)
+    # Called after a publish/unpublish/delete, so a sleeping scheduler looks again.
+    on_schedule_change: Callable[[], None] = field(default=lambda: None)

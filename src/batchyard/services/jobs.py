@@ -24,7 +24,7 @@ from batchyard.domain.plans import plan_from_dict
 from batchyard.domain.roles import Permission
 from batchyard.domain.schedules import validate_schedule
 from batchyard.errors import Conflict, InvalidInput, LimitExceeded
-from batchyard.services import audit
+from batchyard.services import audit, scheduler
 from batchyard.services.context import Actor, Platform
 from batchyard.services.executions import _release_reservation
 from batchyard.services.ids import new_id
@@ -135,6 +135,7 @@ def delete_job(platform: Platform, actor: Actor, job_id: str) -> Job:
     with platform.db.write() as session:
         job = scoped.job(session, actor.account_id, job_id)
         job.deleted_at = now
+        job.next_fire_at = None
         before_status = job.status
         job.status = JobStatus.UNPUBLISHED.value if job.status != "draft" else job.status
         # Strict budget mode: the queued executions cancelled below give back their reservation.
@@ -281,7 +282,9 @@ def set_schedule(platform: Platform, actor: Actor, job_id: str, data: object) ->
     with platform.db.write() as session:
         job = scoped.job(session, actor.account_id, job_id)
         account = scoped.account(session, actor.account_id)
-        schedule = validate_schedule(data, account.timezone)
+        plan = plan_from_dict(account.plan)
+        schedule = validate_schedule(data, account.timezone,
+                                     min_gap_minutes=plan.min_schedule_gap_minutes, now=now)
         if schedule != job.schedule:
             audit.record_by(session, actor, now, "job.schedule", job.id, job_id=job.id,
                             before=job.schedule, after=schedule)
@@ -310,11 +313,13 @@ def publish(platform: Platform, actor: Actor, job_id: str) -> Job:
         before = {"status": job.status, "revision": job.revision}
         job.status = status.value
         job.revision = number
+        job.next_fire_at = scheduler.first_fire(job.schedule, now)
         _touch(job, platform)
         audit.record_by(session, actor, now, "job.publish", job.id, job_id=job.id,
                         before=before, after={"status": job.status, "revision": number,
                                               "code_version": job.code_version})
-        return job
+    platform.on_schedule_change()
+    return job
 
 
 def unpublish(platform: Platform, actor: Actor, job_id: str) -> Job:
@@ -323,6 +328,7 @@ def unpublish(platform: Platform, actor: Actor, job_id: str) -> Job:
     with platform.db.write() as session:
         job = scoped.job(session, actor.account_id, job_id, lock=True)
         job.status = next_status_on_unpublish(JobStatus(job.status)).value
+        job.next_fire_at = None
         _touch(job, platform)
         audit.record_by(session, actor, now, "job.unpublish", job.id, job_id=job.id,
                         before={"status": "published"}, after={"status": job.status})

@@ -25,6 +25,7 @@ class PublishedRevision:
     job_id: str
     number: int
     settings: JobSettings
+    schedule: dict[str, Any]
     variables: tuple[dict[str, Any], ...]
     code_version: int
     code: bytes
@@ -55,7 +56,7 @@ class RevisionCache:
             CodeVersion.version == revision.code_version)).one()
         loaded = PublishedRevision(
             account_id=account_id, job_id=job_id, number=number,
-            settings=settings_from_dict(revision.settings),
+            settings=settings_from_dict(revision.settings), schedule=dict(revision.schedule),
             variables=tuple(dict(item) for item in revision.variables),
             code_version=code.version, code=code.content,
             main_parameters=code.main_parameters, requirements=code.requirements)

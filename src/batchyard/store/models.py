@@ -105,6 +105,8 @@ class Job(Base):
     schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     code_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The published schedule's next instant: the scheduler's whole work list, by index.
+    next_fire_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
     created_at: Mapped[datetime]
     modified_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
