@@ -72,67 +72,95 @@ _EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
 _LOCK_ACCOUNT = select(Account.timezone, Account.plan, Account.batch_jobs_enabled,
                        Account.budget_mode).where(Account.id == bindparam("aid")) \
     .with_for_update()
-_JOB = select(Job.id, Job.name, Job.status, Job.revision, Job.settings).where(
-    Job.account_id == bindparam("aid"), Job.id == bindparam("jid"), Job.deleted_at.is_(None))
-_JOB_EXECUTIONS = select(JobUsageDay.executions).where(
-    JobUsageDay.job_id == bindparam("jid"), JobUsageDay.day == bindparam("day"))
-_ACTIVE = select(func.count()).select_from(_EXECUTION).where(
-    _EXECUTION.c.account_id == bindparam("aid"), _EXECUTION.c.job_id == bindparam("jid"),
-    _EXECUTION.c.status.in_(ACTIVE))
+_JOBS = select(Job.id, Job.name, Job.status, Job.revision, Job.settings).where(
+    Job.account_id == bindparam("aid"), Job.id.in_(bindparam("jids", expanding=True)),
+    Job.deleted_at.is_(None))
+_JOB_EXECUTIONS = select(JobUsageDay.job_id, JobUsageDay.executions).where(
+    JobUsageDay.job_id.in_(bindparam("jids", expanding=True)),
+    JobUsageDay.day == bindparam("day"))
+_ACTIVE = select(_EXECUTION.c.job_id, func.count()).where(
+    _EXECUTION.c.account_id == bindparam("aid"),
+    _EXECUTION.c.job_id.in_(bindparam("jids", expanding=True)),
+    _EXECUTION.c.status.in_(ACTIVE)).group_by(_EXECUTION.c.job_id)
 _INSERT_EXECUTION = insert(_EXECUTION)
 
 
 def admit(platform: Platform, session: Session, account_id: str, invocation: Invocation,
           now: datetime) -> tuple[Recorded, Admission]:
-    """Record one invocation as a queued or a blocked execution, in the caller's transaction.
+    """Record one invocation as a queued or a blocked execution, in the caller's transaction."""
+    return admit_many(platform, session, account_id, [invocation], now)[0]
+
+
+def admit_many(platform: Platform, session: Session, account_id: str,
+               invocations: list[Invocation], now: datetime) -> list[tuple[Recorded, Admission]]:
+    """Record invocations of one account's jobs, in order, in the caller's transaction.
 
     The account row is locked first (PostgreSQL ``FOR UPDATE``; SQLite holds the
     database write lock from ``BEGIN IMMEDIATE``), so concurrent API servers and
-    schedulers see each other's counters and can never over-admit. Core
-    statements: this runs for every invocation.
+    schedulers see each other's counters and can never over-admit. Usage is read
+    once and carried forward in memory from one decision to the next, so a
+    scheduler admitting a thousand fires pays a handful of statements, not
+    thousands; a single API call takes the same path with a list of one.
     """
     connection = session.connection()
     account = connection.execute(_LOCK_ACCOUNT, {"aid": account_id}).one_or_none()
-    job = connection.execute(_JOB, {"aid": account_id, "jid": invocation.job_id}).one_or_none()
-    if account is None or job is None:
-        raise NotFound(f"Job {invocation.job_id} not found.")
+    job_ids = sorted({invocation.job_id for invocation in invocations})
+    jobs = {row.id: row for row in connection.execute(_JOBS, {"aid": account_id,
+                                                              "jids": job_ids})}
+    missing = [job_id for job_id in job_ids if job_id not in jobs]
+    if account is None or missing:
+        raise NotFound(f"Job {missing[0] if missing else job_ids[0]} not found.")
     day = account_day(now, account.timezone).isoformat()
     plan = plan_from_dict(account.plan)
-    revision = None
-    if job.revision is not None:
-        revision = platform.revisions.get(session, account_id, job.id, job.revision)
-    settings = revision.settings if revision else settings_from_dict(job.settings)
     executions, runtime, reserved = usage.account_day_row(session, account_id, day)
-    job_executions = connection.execute(_JOB_EXECUTIONS,
-                                        {"jid": job.id, "day": day}).scalar() or 0
-    active = connection.execute(_ACTIVE, {"aid": account_id, "jid": job.id}).scalar() or 0
-    admission = decide_admission(
-        enabled=account.batch_jobs_enabled, published=job.status == "published", plan=plan,
-        settings=settings,
-        usage=Usage(executions=executions, job_executions=job_executions,
-                    runtime_seconds=runtime, reserved_seconds=reserved, job_active=active))
-    strict = admission.admitted and account.budget_mode == "strict"
-    recorded = Recorded(new_id("exe"), "queued" if admission.admitted else "blocked",
-                        admission.reason.value if admission.reason else None, job.id, job.name,
-                        job.revision if revision else None, invocation.source,
-                        invocation.params, day)
-    connection.execute(_INSERT_EXECUTION, dict(
-        id=recorded.id, account_id=account_id, job_id=job.id, job_name=job.name,
-        revision=recorded.revision, source=invocation.source,
-        scheduled_for=invocation.scheduled_for, idempotency_key=invocation.idempotency_key,
-        status=recorded.status, reason=recorded.reason,
-        message=None if admission.admitted else admission.message,
-        params=invocation.params, account_day=day, created_at=now, runtime_seconds=0.0,
-        reserved_seconds=settings.timeout_seconds if strict else 0.0, attempt_count=0,
-        next_attempt_at=now if admission.admitted else None,
-        ended_at=None if admission.admitted else now, started_at=None,
-        cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False,
-        lease_owner=None, lease_expires_at=None))
-    if admission.admitted:
-        usage.add_account(session, account_id, day, executions=1,
-                          reserved_seconds=settings.timeout_seconds if strict else 0.0)
-        usage.add_job(session, account_id, job.id, day, executions=1)
-    return recorded, admission
+    per_job: dict[str, int] = {job_id: int(count) for job_id, count in connection.execute(
+        _JOB_EXECUTIONS, {"jids": job_ids, "day": day})}
+    active: dict[str, int] = {job_id: int(count) for job_id, count in connection.execute(
+        _ACTIVE, {"aid": account_id, "jids": job_ids})}
+    results: list[tuple[Recorded, Admission]] = []
+    rows: list[dict[str, Any]] = []
+    admitted_per_job: dict[str, int] = {}
+    added_executions, added_reserved = 0, 0.0
+    for invocation in invocations:
+        job = jobs[invocation.job_id]
+        revision = platform.revisions.get(session, account_id, job.id, job.revision) \
+            if job.revision is not None else None
+        settings = revision.settings if revision else settings_from_dict(job.settings)
+        admission = decide_admission(
+            enabled=account.batch_jobs_enabled, published=job.status == "published",
+            plan=plan, settings=settings,
+            usage=Usage(executions=executions + added_executions,
+                        job_executions=per_job.get(job.id, 0) + admitted_per_job.get(job.id, 0),
+                        runtime_seconds=runtime, reserved_seconds=reserved + added_reserved,
+                        job_active=active.get(job.id, 0) + admitted_per_job.get(job.id, 0)))
+        strict = admission.admitted and account.budget_mode == "strict"
+        recorded = Recorded(new_id("exe"), "queued" if admission.admitted else "blocked",
+                            admission.reason.value if admission.reason else None, job.id,
+                            job.name, job.revision if revision else None, invocation.source,
+                            invocation.params, day)
+        rows.append(dict(
+            id=recorded.id, account_id=account_id, job_id=job.id, job_name=job.name,
+            revision=recorded.revision, source=invocation.source,
+            scheduled_for=invocation.scheduled_for, idempotency_key=invocation.idempotency_key,
+            status=recorded.status, reason=recorded.reason,
+            message=None if admission.admitted else admission.message,
+            params=invocation.params, account_day=day, created_at=now, runtime_seconds=0.0,
+            reserved_seconds=settings.timeout_seconds if strict else 0.0, attempt_count=0,
+            next_attempt_at=now if admission.admitted else None,
+            ended_at=None if admission.admitted else now, started_at=None,
+            cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False,
+            lease_owner=None, lease_expires_at=None))
+        if admission.admitted:
+            added_executions += 1
+            added_reserved += settings.timeout_seconds if strict else 0.0
+            admitted_per_job[job.id] = admitted_per_job.get(job.id, 0) + 1
+        results.append((recorded, admission))
+    connection.execute(_INSERT_EXECUTION, rows)
+    if added_executions:
+        usage.add_account(session, account_id, day, executions=added_executions,
+                          reserved_seconds=added_reserved)
+        usage.add_jobs(session, account_id, day, admitted_per_job)
+    return results
 
 
 def invoke(platform: Platform, actor: Actor, job_id: str, body: Any,

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from batchyard.domain import schedules
 from batchyard.domain.admission import account_day
 from batchyard.services.context import Platform
 from batchyard.services.ids import new_id
-from batchyard.services.invoke import Invocation, admit
-from batchyard.store.models import Account, Execution, Job
+from batchyard.services.invoke import Invocation, admit_many
+from batchyard.store.models import Account, Execution, Job, UTCDateTime
 
 # Bounds one job's catch-up per tick: a server down for months must not build a
 # transaction of thousands of rows; the next tick continues where this one stopped.
@@ -30,7 +30,6 @@ JOBS_PER_TRANSACTION = 200
 
 _EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
 _INSERT_MISSED = insert(_EXECUTION)
-_KEY_TAKEN = select(_EXECUTION.c.id).where(_EXECUTION.c.idempotency_key == bindparam("key"))
 
 
 @dataclass(frozen=True)
@@ -80,70 +79,104 @@ def fire_due(platform: Platform, now: datetime | None = None) -> FireReport:
     return report
 
 
+_DUE_JOBS = (select(Job.id, Job.account_id, Job.name, Job.revision, Job.next_fire_at)
+             .where(Job.status == "published", Job.deleted_at.is_(None),
+                    Job.next_fire_at <= bindparam("now", type_=UTCDateTime()))
+             .order_by(Job.next_fire_at, Job.id).limit(JOBS_PER_TRANSACTION))
+_TAKEN_KEYS = select(_EXECUTION.c.idempotency_key).where(
+    _EXECUTION.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+_TIMEZONES = select(Account.id, Account.timezone).where(
+    Account.id.in_(bindparam("ids", expanding=True)))
+_ADVANCE = update(Job).where(Job.id == bindparam("jid")).values(
+    next_fire_at=bindparam("p_next"))
+
+
+@dataclass
+class _Plan:
+    """What one due job gets this tick."""
+
+    job_id: str
+    account_id: str
+    name: str
+    revision: int
+    late: list[datetime]
+    on_time: list[datetime]
+    next_fire_at: datetime | None
+
+
 def _fire_batch(platform: Platform, now: datetime) -> FireReport:
-    report = FireReport()
+    """One transaction for up to JOBS_PER_TRANSACTION due jobs, admitted per account in bulk."""
     with platform.db.write() as session:
-        stmt = (select(Job).where(Job.status == "published", Job.deleted_at.is_(None),
-                                  Job.next_fire_at <= now)
-                .order_by(Job.next_fire_at).limit(JOBS_PER_TRANSACTION))
-        if not platform.db.is_sqlite:
-            stmt = stmt.with_for_update(skip_locked=True)
-        jobs = list(session.scalars(stmt))
-        for job in jobs:
-            report = report + _fire_job(platform, session, job, now)
+        connection = session.connection()
+        stmt = _DUE_JOBS if platform.db.is_sqlite else \
+            _DUE_JOBS.with_for_update(skip_locked=True, of=Job)
+        due_jobs = list(connection.execute(stmt, {"now": now}))
+        if not due_jobs:
+            return FireReport()
+        platform.revisions.load(session, [(row.account_id, row.id, row.revision)
+                                          for row in due_jobs])
+        plans = [_plan(platform, session, row, now) for row in due_jobs]
+        keys = [idempotency_key(plan.job_id, at) for plan in plans
+                for at in [*plan.late, *plan.on_time[-1:]]]
+        taken = set(connection.execute(_TAKEN_KEYS, {"keys": keys}).scalars()) if keys else set()
+        account_ids = sorted({plan.account_id for plan in plans})
+        timezones: dict[str, str] = {account_id: timezone for account_id, timezone in
+                                     connection.execute(_TIMEZONES, {"ids": account_ids})}
+        report = FireReport(jobs=len(plans))
+        missed_rows = []
+        invocations: dict[str, list[Invocation]] = {}
+        for plan in plans:
+            for at in plan.late:
+                if idempotency_key(plan.job_id, at) not in taken:
+                    missed_rows.append(_missed_row(plan, at, now, account_day(
+                        at, timezones[plan.account_id]).isoformat()))
+            if plan.on_time:
+                latest = plan.on_time[-1]
+                key = idempotency_key(plan.job_id, latest)
+                if key not in taken:
+                    # Several instants missed within the grace run once, for the latest.
+                    invocations.setdefault(plan.account_id, []).append(Invocation(
+                        job_id=plan.job_id, source="scheduler",
+                        params={"body": {}, "query_string_parameters": {},
+                                "coalesced": [at.isoformat() for at in plan.on_time[:-1]]},
+                        scheduled_for=latest, idempotency_key=key))
+                    report = report + FireReport(coalesced=len(plan.on_time) - 1)
+        if missed_rows:
+            connection.execute(_INSERT_MISSED, missed_rows)
+        report = report + FireReport(missed=len(missed_rows))
+        for account_id in sorted(invocations):
+            for _, admission in admit_many(platform, session, account_id,
+                                           invocations[account_id], now):
+                report = report + FireReport(queued=int(admission.admitted),
+                                             blocked=int(not admission.admitted))
+        connection.execute(_ADVANCE, [{"jid": plan.job_id, "p_next": plan.next_fire_at}
+                                      for plan in plans])
     return report
 
 
-def _fire_job(platform: Platform, session: Session, job: Job, now: datetime) -> FireReport:
-    assert job.revision is not None and job.next_fire_at is not None
-    revision = platform.revisions.get(session, job.account_id, job.id, job.revision)
-    schedule = revision.schedule
+def _plan(platform: Platform, session: Session, row: Any, now: datetime) -> _Plan:
+    revision = platform.revisions.get(session, row.account_id, row.id, row.revision)
     grace = timedelta(minutes=revision.settings.misfire_grace_minutes)
     due: list[datetime] = []
-    instant: datetime | None = job.next_fire_at
+    instant: datetime | None = row.next_fire_at
     while instant is not None and instant <= now and len(due) < MAX_INSTANTS_PER_JOB:
         due.append(instant)
-        instant = schedules.next_fire(schedule, instant)
-    late = [at for at in due if now - at > grace]
-    on_time = [at for at in due if now - at <= grace]
-    report = FireReport(jobs=1)
-    timezone = session.scalar(select(Account.timezone).where(Account.id == job.account_id))
-    assert timezone is not None
-    for at in late:
-        if _record_missed(session, job, at, now, account_day(at, timezone).isoformat()):
-            report = report + FireReport(missed=1)
-    if on_time:
-        # Several instants missed within the grace run once, for the latest of them.
-        latest = on_time[-1]
-        key = idempotency_key(job.id, latest)
-        if session.connection().execute(_KEY_TAKEN, {"key": key}).first() is None:
-            _, admission = admit(platform, session, job.account_id, Invocation(
-                job_id=job.id, source="scheduler",
-                params={"body": {}, "query_string_parameters": {},
-                        "coalesced": [at.isoformat() for at in on_time[:-1]]},
-                scheduled_for=latest, idempotency_key=key), now)
-            report = report + FireReport(queued=int(admission.admitted),
-                                         blocked=int(not admission.admitted),
-                                         coalesced=len(on_time) - 1)
-    job.next_fire_at = instant
-    return report
+        # Advanced from the scheduled instant, never from the clock.
+        instant = schedules.next_fire(revision.schedule, instant)
+    return _Plan(row.id, row.account_id, row.name, row.revision,
+                 late=[at for at in due if now - at > grace],
+                 on_time=[at for at in due if now - at <= grace], next_fire_at=instant)
 
 
-def _record_missed(session: Session, job: Job, at: datetime, now: datetime,
-                   day: str) -> bool:
+def _missed_row(plan: _Plan, at: datetime, now: datetime, day: str) -> dict[str, Any]:
     """A fire older than the grace: recorded, never silently dropped, never run."""
-    key = idempotency_key(job.id, at)
-    connection = session.connection()
-    if connection.execute(_KEY_TAKEN, {"key": key}).first() is not None:
-        return False
-    connection.execute(_INSERT_MISSED, dict(
-        id=new_id("exe"), account_id=job.account_id, job_id=job.id, job_name=job.name,
-        revision=job.revision, source="scheduler", scheduled_for=at, idempotency_key=key,
-        status="missed", reason="misfire",
+    return dict(
+        id=new_id("exe"), account_id=plan.account_id, job_id=plan.job_id, job_name=plan.name,
+        revision=plan.revision, source="scheduler", scheduled_for=at,
+        idempotency_key=idempotency_key(plan.job_id, at), status="missed", reason="misfire",
         message=f"The scheduler could not fire this instant within the job's misfire grace "
                 f"(it looked at {now.isoformat()}).",
         params={"body": {}, "query_string_parameters": {}}, account_day=day, created_at=now,
         started_at=None, ended_at=now, runtime_seconds=0.0, reserved_seconds=0.0,
         attempt_count=0, next_attempt_at=None, lease_owner=None, lease_expires_at=None,
-        cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False))
-    return True
+        cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False)

@@ -59,6 +59,16 @@ def add_job(session: Session, account_id: str, job_id: str, day: str,
          increments)
 
 
+def add_jobs(session: Session, account_id: str, day: str,
+             executions_per_job: dict[str, int]) -> None:
+    """Count admitted executions for several jobs in one statement."""
+    connection = session.connection()
+    connection.execute(_upsert(connection.dialect.name, JOB_USAGE.name), [
+        {"p_job_id": job_id, "p_day": day, "p_account_id": account_id, "p_executions": count,
+         "p_runtime_seconds": 0.0}
+        for job_id, count in sorted(executions_per_job.items())])
+
+
 _DAY_ROW = select(USAGE.c.executions, USAGE.c.runtime_seconds, USAGE.c.reserved_seconds) \
     .where(USAGE.c.account_id == bindparam("account_id"), USAGE.c.day == bindparam("day"))
 
