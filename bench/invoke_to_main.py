@@ -13,6 +13,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _harness import admin_client, percentile, published_job, running_server, wait_finished
 
@@ -28,6 +30,7 @@ def main():
 
 def main() -> None:
     with running_server() as server:
+        isolation = httpx.get(f"{server.url}/api/v1/health").json()["isolation"]
         client = admin_client(server)
         job_id = published_job(client, "latency", MAIN)
         enter: list[float] = []
@@ -44,7 +47,8 @@ def main() -> None:
             enter.append((stamps["ENTER"] - before) * 1000)
             exit_detect.append((ended - stamps["LEAVE"]) * 1000)
         enter, exit_detect = enter[5:], exit_detect[5:]  # the first runs warm caches
-    print(f"job interpreter spawned: {job_python(None)} -I -S -B (real path, no shim, no site)")
+    print(f"job interpreter spawned: {job_python(None)} -I -S -B (real path, no shim, no site);"
+          f" isolation: {isolation.split(' (')[0]}")
     print(f"invoke -> main() entered over {RUNS} sequential runs: "
           f"p50 {statistics.median(enter):.1f} ms, p99 {percentile(enter, 0.99):.1f} ms "
           f"(target p50 < 40 ms)")

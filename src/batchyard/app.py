@@ -22,8 +22,9 @@ from batchyard.api.routes_jobs import router as jobs_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
 from batchyard.runtime.pool import PoolTiming, WorkerPool
+from batchyard.runtime.sandbox import JobLimits, Sandbox, detect_sandbox
 from batchyard.runtime.scheduler_loop import SchedulerLoop
-from batchyard.runtime.supervisor import ISOLATION, RuntimeLimits, Supervisor
+from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
 from batchyard.sdk import JOBPATH
 from batchyard.services import queue
 from batchyard.services.context import Platform
@@ -82,12 +83,24 @@ class Server:
         work_root.mkdir(exist_ok=True)
         # Children run with -B; compile the SDK once so their imports stay fast.
         compileall.compile_dir(str(JOBPATH), quiet=1)
-        self.supervisor = Supervisor(job_python(self.settings.python), work_root, RuntimeLimits(
+        python = job_python(self.settings.python)
+        # Sandbox: decided once here (a probe run of the real command), after every file
+        # of the data folder exists (the rlimits level tightens their modes).
+        sandbox = Sandbox.unconfined() if self.settings.sandbox == "off" else detect_sandbox(
+            self.settings.sandbox, python, JobLimits(
+                memory_bytes=self.settings.job_memory_bytes,
+                processes=self.settings.job_max_processes,
+                open_files=self.settings.job_max_open_files,
+                file_bytes=self.settings.job_max_file_bytes,
+                cpu_seconds=self.settings.job_cpu_seconds), work_root, data_dir,
+            self.settings.sandbox_uid_base)
+        log.info("job isolation: %s", sandbox.description)
+        self.supervisor = Supervisor(python, work_root, RuntimeLimits(
             kill_grace_seconds=self.settings.kill_grace_seconds,
             log_cap_bytes=self.settings.log_cap_bytes,
             log_line_max_bytes=self.settings.log_line_max_bytes,
             artifact_cap_bytes=self.settings.artifact_cap_bytes,
-            artifact_max_files=self.settings.artifact_max_files))
+            artifact_max_files=self.settings.artifact_max_files), sandbox)
         boot = secrets.token_hex(3)
         self.pool = WorkerPool(self.platform, self.supervisor, f"{self.node_id}:{boot}",
                                self.settings.workers, PoolTiming(
@@ -133,7 +146,7 @@ def create_app(server: Server) -> FastAPI:
                   openapi_url="/api/v1/openapi.json", docs_url="/docs", redoc_url=None)
     app.state.platform = server.platform
     app.state.operator_token = server.operator_token
-    app.state.isolation = ISOLATION
+    app.state.isolation = server.supervisor.sandbox.description
     app.state.workers = server.settings.workers
     install_error_handlers(app)
     for router in (admin_router, account_router, jobs_router, executions_router):

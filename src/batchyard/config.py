@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,20 @@ class Settings(BaseSettings):
     artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
     artifact_max_files: int = Field(default=100, ge=0)
     python: str | None = None
+    # Sandbox (SPEC 5, Isolation): "auto" = bubblewrap where it runs here, else the rlimits
+    # launcher; "bubblewrap" refuses to start without it; "none" = the rlimits launcher;
+    # "off" = no confinement at all (only where every job already runs in its own
+    # disposable machine or container, and to measure the sandbox's cost).
+    sandbox: Literal["auto", "bubblewrap", "none", "off"] = "auto"
+    # Limits of every job process (soft = hard); the processes limit counts the whole
+    # attempt (its own uid). CPU seconds 0 = none: the deadline bounds wall time anyway.
+    job_memory_bytes: int = Field(default=1024 ** 3, ge=64 * 1024 ** 2)
+    job_max_processes: int = Field(default=256, ge=8)
+    job_max_open_files: int = Field(default=1024, ge=64)
+    job_max_file_bytes: int = Field(default=256 * 1024 ** 2, ge=1024 ** 2)
+    job_cpu_seconds: int = Field(default=0, ge=0)
+    # When the server runs as root each attempt gets its own uid from this base + n.
+    sandbox_uid_base: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
     # Fire scheduled jobs in this process (any number of processes may).
     scheduler: bool = True
 

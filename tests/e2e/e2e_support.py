@@ -356,6 +356,21 @@ def process_alive(pid: int) -> bool:
     return stat_line.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def processes_of(execution_id: str) -> list[int]:
+    """Host pids of an execution's processes, whatever PID namespace they run in: the
+    pids a job prints are its sandbox's (bubblewrap), but its environment names its
+    output folder, which is named after the execution."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and process_alive(int(entry.name)):
+            try:
+                if execution_id.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def kill_orphan(pid: int, marker: str) -> None:
     """SIGKILL a job process left behind by a killed server, if it is still the one we mean.
 

@@ -20,7 +20,7 @@ from e2e_support import (
     kill_orphan,
     lines_of,
     make_zip,
-    process_alive,
+    processes_of,
     read_logs,
     upload_code,
     wait_for,
@@ -133,13 +133,13 @@ def _sigkilled_mid_run(launch_server: ServerFactory,
         with contextlib.closing(_same_account_on(second, account)) as again:
             yield again, execution_id, pids
     finally:
-        for pid in pids:
+        for pid in processes_of(execution_id) if execution_id else ():
             kill_orphan(pid, execution_id)
 
 
 def test_sigkilled_server_leaves_a_running_execution_failed_interrupted_after_restart(
         launch_server: ServerFactory) -> None:
-    with _sigkilled_mid_run(launch_server, {}) as (account, execution_id, pids):
+    with _sigkilled_mid_run(launch_server, {}) as (account, execution_id, _):
         execution = wait_for(account.owner, execution_id, {"failed", "succeeded", "timed_out"},
                              timeout=5)
 
@@ -150,8 +150,8 @@ def test_sigkilled_server_leaves_a_running_execution_failed_interrupted_after_re
         assert "stopped" in attempt["error"]
         # Unsupervised, the job must not run on (nor overlap a retry): it notices that its
         # supervisor is gone and exits.
-        wait_until(lambda: not any(process_alive(pid) for pid in pids), 5,
-                   f"the job process {pids} outlived its SIGKILLed server")
+        wait_until(lambda: not processes_of(execution_id), 5,
+                   lambda: f"{processes_of(execution_id)} outlived the SIGKILLed server")
 
 
 def test_sigkilled_server_retries_the_interrupted_attempt_after_restart(

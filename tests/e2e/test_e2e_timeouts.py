@@ -18,7 +18,7 @@ from e2e_support import (
     invoke,
     kill_orphan,
     lines_of,
-    process_alive,
+    processes_of,
     read_logs,
     wait_for,
     wait_until,
@@ -80,8 +80,9 @@ def _pids(logs: list[dict[str, Any]]) -> dict[str, int]:
     return found
 
 
-def _gone(pid: int) -> bool:
-    return not process_alive(pid)
+def _gone(execution_id: str) -> bool:
+    # By the environment, not by the printed pids: those are the sandbox's PID namespace's.
+    return not processes_of(execution_id)
 
 
 def _assert_killed_at_deadline(execution: dict[str, Any]) -> None:
@@ -103,10 +104,10 @@ def test_timeout_kills_the_job_and_its_grandchildren_at_the_deadline(
     try:
         _assert_killed_at_deadline(execution)
         assert set(pids) == {"job", "grandchild", "setsid-grandchild"}, pids
-        for name, pid in pids.items():
-            wait_until(partial(_gone, pid), 2, f"{name} {pid} still runs")
+        wait_until(partial(_gone, execution["id"]), 2,
+                   lambda: f"{processes_of(execution['id'])} still run")
     finally:
-        for pid in pids.values():
+        for pid in processes_of(execution["id"]):
             kill_orphan(pid, execution["id"])
 
 
@@ -117,7 +118,9 @@ def test_timeout_kills_a_job_that_ignores_sigterm(
     pids = _pids(read_logs(account.owner, execution["id"]))
     try:
         _assert_killed_at_deadline(execution)
-        wait_until(partial(_gone, pids["job"]), 2, f"job {pids['job']} still runs")
+        assert "job" in pids, pids
+        wait_until(partial(_gone, execution["id"]), 2,
+                   lambda: f"{processes_of(execution['id'])} still run")
     finally:
-        for pid in pids.values():
+        for pid in processes_of(execution["id"]):
             kill_orphan(pid, execution["id"])

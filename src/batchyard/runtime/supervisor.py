@@ -26,6 +26,7 @@ from batchyard.errors import BatchyardError
 from batchyard.runtime.logsink import LogSink, LogWriter
 from batchyard.runtime.processes import kill_group_now, kill_tree
 from batchyard.runtime.pump import OutputPump
+from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
 from batchyard.runtime.workspace import collect_outputs, create_workspace
 from batchyard.sdk import JOBPATH
 from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
@@ -36,7 +37,6 @@ BOOT_COMMAND = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
 # Longest SDK record read from the channel; longer ones are cut (and then not JSON).
 CHANNEL_LINE_LIMIT = 1024 * 1024
 LOG_FLUSH_SECONDS = 0.2
-ISOLATION = "process-group (own session, minimal environment; no namespace sandbox)"
 _LEVELS = {"debug", "info", "warn", "error", "fatal"}
 
 
@@ -58,10 +58,14 @@ class _Stop:
 
 
 class Supervisor:
-    def __init__(self, python: str, work_root: Path, limits: RuntimeLimits) -> None:
+    def __init__(self, python: str, work_root: Path, limits: RuntimeLimits,
+                 sandbox: Sandbox | None = None) -> None:
         self.python = python
         self.work_root = work_root
         self.limits = limits
+        # Sandbox: how each attempt is confined (runtime/sandbox.py); without one (tests of
+        # the supervisor alone) the child runs unconfined, as its own session.
+        self.sandbox = sandbox or Sandbox.unconfined()
         self._running: dict[str, Callable[[AttemptOutcome, str], None]] = {}
         self._lock = threading.Lock()
 
@@ -81,7 +85,8 @@ class Supervisor:
                        cap_bytes=self.limits.log_cap_bytes, threaded=False)
         sink.add("log", f"batchyard: attempt {attempt.number} of execution "
                  f"{attempt.execution_id} (revision {attempt.revision}) on {attempt.worker}; "
-                 f"isolation: {ISOLATION}; deadline {attempt.deadline_seconds:g} s", "info")
+                 f"isolation: {self.sandbox.description}; "
+                 f"deadline {attempt.deadline_seconds:g} s", "info")
         try:
             workspace = create_workspace(self.work_root, attempt.execution_id, attempt.number,
                                          attempt.code)
@@ -91,8 +96,10 @@ class Supervisor:
                                  f"code could not be prepared: {exc.message}",
                                  datetime.now(UTC), logs=sink.close())
         try:
-            result = self._run_child(attempt, workspace.code, workspace.output, workspace.tmp,
-                                     sink)
+            # Sandbox: the attempt's uid is claimed for the child's lifetime only.
+            with self.sandbox.confine(workspace) as confinement:
+                result = self._run_child(attempt, workspace.code, workspace.output,
+                                         workspace.tmp, sink, confinement)
         except BaseException:
             sink.close()
             raise
@@ -101,11 +108,11 @@ class Supervisor:
         return replace(result, logs=sink.close())
 
     def _run_child(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
-                   tmp_dir: Path, sink: LogSink) -> AttemptResult:
+                   tmp_dir: Path, sink: LogSink, confinement: Confinement) -> AttemptResult:
         parent_end, child_end = socket.socketpair()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_dir),
                "TMPDIR": str(tmp_dir), "LANG": "C.UTF-8", "TZ": "UTC",
-               "OUTPUT_DIR": str(output_dir)}
+               "OUTPUT_DIR": str(output_dir), **confinement.environment}
         context = {
             "event": {
                 "body": attempt.params.get("body", {}),
@@ -122,9 +129,12 @@ class Supervisor:
         liveness_read, liveness_write = os.pipe()
         started = time.monotonic()
         try:
+            # Sandbox: bwrap (or nothing) around the interpreter, the limits prelude before
+            # the boot command.
             process = subprocess.Popen(
-                [self.python, "-I", "-S", "-B", "-c", BOOT_COMMAND, str(JOBPATH), "--channel-fd",
-                 str(child_end.fileno()), "--liveness-fd", str(liveness_read)],
+                confinement.command(self.python, BOOT_COMMAND, [
+                    str(JOBPATH), "--channel-fd", str(child_end.fileno()), "--liveness-fd",
+                    str(liveness_read)]),
                 cwd=code_dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, pass_fds=(child_end.fileno(), liveness_read),
                 start_new_session=True, close_fds=True)
@@ -171,7 +181,7 @@ class Supervisor:
                           on_line, sink.flush, LOG_FLUSH_SECONDS)
         pump.start()
         try:
-            exit_code = process.wait()
+            exit_code = confinement.exit_status(process.wait())
         finally:
             timer.cancel()
             os.close(liveness_write)
@@ -180,6 +190,8 @@ class Supervisor:
         runtime = time.monotonic() - started
         # Whatever the job left behind in its group goes with it.
         kill_group_now(process.pid)
+        # Sandbox: and, under the rlimits level, what left the group (setsid) in its uid.
+        confinement.kill_leftovers()
         pump.finish(timeout=2)
         process.stdout.close()
         process.stderr.close()
@@ -211,11 +223,12 @@ class Supervisor:
             return stop.reason, stop.detail
         if exit_code == 0:
             return AttemptOutcome.SUCCEEDED, None
+        # Sandbox: a limit the job hit is named first (out_of_memory: MemoryError: ...).
         if errors:
-            return AttemptOutcome.FAILED, errors[-1]
+            return AttemptOutcome.FAILED, explain_failure(errors[-1], exit_code)
         if exit_code < 0:
             name = signal.Signals(-exit_code).name
-            return AttemptOutcome.FAILED, f"killed by signal {name}"
+            return AttemptOutcome.FAILED, explain_failure(f"killed by signal {name}", exit_code)
         return AttemptOutcome.FAILED, f"exited with code {exit_code}"
 
     def _on_channel_line(self, line: bytes, sink: LogSink, errors: list[str],
@@ -253,4 +266,4 @@ class Supervisor:
             sink.add("log", "main returned", "debug", {"result": record.get("value")})
 
 
-__all__ = ["ISOLATION", "LogRecord", "RuntimeLimits", "Supervisor"]
+__all__ = ["LogRecord", "RuntimeLimits", "Supervisor"]

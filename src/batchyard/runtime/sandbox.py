@@ -1,0 +1,470 @@
+"""How an attempt's process is confined: bubblewrap where it runs, else an rlimits launcher.
+
+Both levels start the job's interpreter with a *prelude* (a constant, see ``PRELUDE``)
+that sets the resource limits, soft = hard, and, when the server runs as root, leaves
+root for a uid of the attempt's own before any of the job is imported.
+
+- **bubblewrap**: ``bwrap`` runs as root without a user namespace (so bind sources such
+  as a pyenv prefix under a 0700 ``/root`` resolve) and starts the interpreter in new
+  PID, mount, IPC and UTS namespaces, network shared (jobs call third-party APIs), with
+  ``--die-with-parent``, no capability but the three the prelude needs for its switch,
+  and no_new_privs. The mount tree is empty but for: ``/usr`` and a short list of ``/etc``
+  files read-only, the interpreter's prefix and the SDK read-only, ``/proc``, ``/dev``,
+  small tmpfs ``/tmp`` and ``/dev/shm``, and the attempt's code, output and tmp folders
+  read-write, each at its host path (so cwd, ``OUTPUT_DIR``, ``TMPDIR`` and the context
+  need no translation). Nothing else of the host: no data folder, no other attempt's
+  folders, no ``/root``, ``/home``, ``/run`` or ``/var``.
+- **rlimits**: the same prelude without namespaces: own session, minimal environment, the
+  limits, and the attempt's uid; the data folder becomes 0711 (no listing) with its files
+  0600, the work root 0711 and each attempt's folder 0700 owned by its uid.
+
+One uid per attempt (``uid_base`` + n, claimed with a host-wide ``flock`` so several
+servers on one machine never share one): ``RLIMIT_NPROC`` counts per uid, so a shared
+uid would let one job's fork bomb starve every other job, and a shared uid could read
+another running attempt's folder through ``/proc/<pid>/cwd``. The uid has no passwd
+entry; USER/LOGNAME name it. A server not running as root keeps its own uid for jobs
+(bubblewrap then adds a user namespace; NPROC counts per namespace there).
+
+Not covered: the network namespace is the host's (loopback services included: firewall
+the uid range, e.g. ``iptables -A OUTPUT -o lo -m owner --uid-owner BASE-END -j REJECT``);
+at the rlimits level the host's world-writable /tmp, /var/tmp and /dev/shm stay writable
+and world-readable host files readable, as for any unprivileged user; disk use is bounded
+per file (RLIMIT_FSIZE) and by the output cap at collection, not in total.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from batchyard.errors import BatchyardError
+from batchyard.runtime.workspace import Workspace
+from batchyard.sdk import JOBPATH
+
+log = logging.getLogger("batchyard.sandbox")
+
+# Runs first in the job's interpreter, before anything of the job is imported. A constant,
+# never generated: its arguments come in argv as "resource:soft:hard,..." and "uid:gid"
+# (or "-": keep the uid). Soft = hard so job code cannot raise a limit back (CPU time:
+# hard one second later, so that SIGXCPU, reported as cpu_time_exceeded, comes first).
+PRELUDE = (
+    "def _confine(limits, ids):\n"
+    "    import os, resource\n"
+    "    for item in limits.split(',') if limits else ():\n"
+    "        which, soft, hard = map(int, item.split(':'))\n"
+    "        resource.setrlimit(which, (soft, hard))\n"
+    "    if ids != '-':\n"
+    "        uid, gid = map(int, ids.split(':'))\n"
+    "        os.setgroups([])\n"
+    "        os.setresgid(gid, gid, gid)\n"
+    "        os.setresuid(uid, uid, uid)\n"
+    "import sys\n"
+    "_confine(sys.argv.pop(1), sys.argv.pop(1))\n"
+    "del _confine\n"
+)
+# The start-up probe: the interpreter's stdlib, the SDK and the attempt's folders must be
+# usable by the job's uid, through the real flags.
+PROBE_SOURCE = ("import os, sys\nos.listdir(sys.base_prefix)\nimport json\n"
+                "sys.path.insert(0, sys.argv[1])\nimport _batchyard_boot\n"
+                "os.listdir(os.getcwd())\nopen(os.path.join(os.environ['OUTPUT_DIR'], 'probe'),"
+                " 'w').close()\n")
+# /etc entries a job needs (name service and DNS, TLS roots, the loader's cache, MIME
+# types, Debian's alternatives links); not the rest: shadow, ssh keys, the configuration
+# of services on this host. Each bind costs ~0.1 ms of every start, so no extras (TZ is
+# set in the environment, glibc's gai.conf / host.conf defaults are fine).
+ETC_ENTRIES = ("passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "services",
+               "protocols", "ssl", "ld.so.cache", "mime.types", "alternatives")
+# Memory-backed scratch for code that writes /tmp or /dev/shm by name (TMPDIR is on disk).
+TMPFS_BYTES = 64 * 1024 * 1024
+UID_COUNT = 10_000
+JOB_USER = "batchyard-job"
+UID_LOCK_DIR = Path("/run/batchyard/uids")
+PROBE_TIMEOUT_SECONDS = 20.0
+_SIGNALS = frozenset(member.value for member in signal.Signals)
+_BWRAP_NAMESPACES = ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname",
+                     "batchyard", "--die-with-parent", "--new-session")
+# As root: the prelude needs SETUID/SETGID to switch, DAC_READ_SEARCH to enter the
+# attempt's 0700 folder before it; the switch to a non-zero uid then clears all of them.
+_ROOT_CAPS = ("--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+              "--cap-add", "CAP_DAC_READ_SEARCH")
+
+
+class SandboxUnavailable(BatchyardError):
+    """BATCHYARD_SANDBOX=bubblewrap, but bubblewrap cannot run on this machine."""
+
+    code = "sandbox_unavailable"
+
+
+class IsolationLevel(StrEnum):
+    BUBBLEWRAP = "bubblewrap"
+    RLIMITS = "rlimits"
+    # Only for supervisors built without a sandbox (tests of the supervisor itself).
+    UNCONFINED = "unconfined"
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Per-process limits of a job (its children inherit them); 0 = no limit."""
+
+    memory_bytes: int = 1024 ** 3
+    processes: int = 256
+    open_files: int = 1024
+    file_bytes: int = 256 * 1024 ** 2
+    cpu_seconds: int = 0
+
+    def argument(self) -> str:
+        """The prelude's first argument; each value capped at this process's hard limit
+        (the prelude may lower a limit but not raise it without CAP_SYS_RESOURCE)."""
+        pairs = [(resource.RLIMIT_AS, self.memory_bytes, 0),
+                 (resource.RLIMIT_NPROC, self.processes, 0),
+                 (resource.RLIMIT_NOFILE, self.open_files, 0),
+                 (resource.RLIMIT_FSIZE, self.file_bytes, 0),
+                 # SIGXCPU at the soft limit (reported), SIGKILL a second later.
+                 (resource.RLIMIT_CPU, self.cpu_seconds, 1),
+                 (resource.RLIMIT_CORE, 0, 0)]
+        items = []
+        for which, value, slack in pairs:
+            if value == 0 and which != resource.RLIMIT_CORE:
+                continue
+            hard = resource.getrlimit(which)[1]
+            soft, top = value, value + slack
+            if hard != resource.RLIM_INFINITY:
+                soft, top = min(soft, hard), min(top, hard)
+            items.append(f"{which}:{soft}:{top}")
+        return ",".join(items)
+
+    def describe(self) -> str:
+        return ", ".join([
+            f"memory {_size(self.memory_bytes) if self.memory_bytes else 'unlimited'}",
+            f"{self.processes or 'unlimited'} processes",
+            f"{self.open_files or 'unlimited'} open files",
+            f"files up to {_size(self.file_bytes) if self.file_bytes else 'any size'}",
+            *([f"CPU {self.cpu_seconds} s"] if self.cpu_seconds else [])])
+
+
+def _size(value: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if value % (1 << shift) == 0:
+            return f"{value >> shift} {unit}"
+    return f"{value} bytes"
+
+
+def explain_failure(detail: str, exit_code: int) -> str:
+    """Prefix a failed attempt's error with the limit it hit, when it hit one.
+
+    ``detail`` is the job's last error record ("MemoryError: …") or the exit summary.
+    """
+    reason = None
+    if detail.startswith("MemoryError") or exit_code == -signal.SIGKILL:
+        # SIGKILL that the supervisor did not send: the kernel's out-of-memory killer.
+        reason = "out_of_memory"
+    elif (detail.startswith("BlockingIOError") and "[Errno 11]" in detail) \
+            or "can't start new thread" in detail:
+        reason = "too_many_processes"
+    elif "[Errno 27]" in detail or exit_code == -signal.SIGXFSZ:
+        reason = "file_too_large"
+    elif "[Errno 24]" in detail:
+        reason = "too_many_open_files"
+    elif exit_code == -signal.SIGXCPU:
+        reason = "cpu_time_exceeded"
+    return f"{reason}: {detail}" if reason else detail
+
+
+@dataclass(frozen=True)
+class _Identity:
+    uid: int
+    lock_fd: int
+
+
+class UidPool:
+    """Hands out one uid per running attempt, unique across every server on this host."""
+
+    def __init__(self, base: int, count: int = UID_COUNT, lock_dir: Path = UID_LOCK_DIR) -> None:
+        self.base, self.count, self.lock_dir = base, count, lock_dir
+
+    def claim(self) -> _Identity:
+        self.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        start = secrets.randbelow(self.count)
+        for offset in range(self.count):
+            uid = self.base + (start + offset) % self.count
+            fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return _Identity(uid, fd)
+        raise BatchyardError(f"all {self.count} job uids from {self.base} are in use")
+
+    @staticmethod
+    def release(identity: _Identity) -> None:
+        os.close(identity.lock_fd)
+
+
+def kill_user_processes(uid: int) -> None:
+    """SIGKILL every process of ``uid`` (what a job left behind with ``setsid``)."""
+    for _ in range(100):
+        found = False
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                with open(f"/proc/{name}/stat", "rb") as handle:
+                    if handle.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                        continue
+                os.kill(int(name), signal.SIGKILL)
+                found = True
+        if not found:
+            return
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """One attempt's launch: the command line around the job's interpreter."""
+
+    prefix: tuple[str, ...]
+    limits: str | None
+    ids: str
+    bubblewrap: bool
+    # The attempt's own uid when nothing else (a PID namespace) ends its leftovers.
+    sweep_uid: int | None = None
+
+    def command(self, python: str, source: str, args: Sequence[str]) -> list[str]:
+        if self.limits is None:
+            return [*self.prefix, python, "-I", "-S", "-B", "-c", source, *args]
+        return [*self.prefix, python, "-I", "-S", "-B", "-c", PRELUDE + source, self.limits,
+                self.ids, *args]
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The job's uid has no passwd entry: name it for getpass.getuser() and friends."""
+        return {"USER": JOB_USER, "LOGNAME": JOB_USER} if self.ids != "-" else {}
+
+    def kill_leftovers(self) -> None:
+        """Kill what left the job's process group (setsid) and so outlived it."""
+        if self.sweep_uid is not None:
+            kill_user_processes(self.sweep_uid)
+
+    def exit_status(self, code: int) -> int:
+        """bwrap reports a child killed by signal N as exit 128 + N: make it -N again."""
+        if self.bubblewrap and code - 128 in _SIGNALS:
+            return 128 - code
+        return code
+
+
+class Sandbox:
+    """The isolation level in force, decided once at start by ``detect_sandbox``."""
+
+    def __init__(self, level: IsolationLevel, description: str, limits: JobLimits | None,
+                 bwrap: Sequence[str] = (), uids: UidPool | None = None,
+                 read_only: Sequence[Path] = ()) -> None:
+        self.level = level
+        self.description = description
+        self.limits = limits
+        self._limits_arg = limits.argument() if limits is not None else None
+        self._bwrap = tuple(bwrap)
+        self._uids = uids
+        self._read_only = tuple(read_only)
+        # Folders the fixed part of the command already creates (each --dir only once).
+        self._made = frozenset(_ancestors([str(p) for p in read_only], read_only, frozenset()))
+
+    @property
+    def per_attempt_uid(self) -> bool:
+        return self._uids is not None
+
+    @classmethod
+    def unconfined(cls) -> Sandbox:
+        return cls(IsolationLevel.UNCONFINED, "process-group (own session, minimal environment; "
+                   "no namespace sandbox, no resource limits)", None)
+
+    @contextlib.contextmanager
+    def confine(self, workspace: Workspace, read_only: Sequence[Path] = ()) -> \
+            Iterator[Confinement]:
+        """Claim the attempt's uid and hand it the workspace; give the uid back after."""
+        identity = self._uids.claim() if self._uids is not None else None
+        try:
+            ids = "-"
+            if identity is not None:
+                ids = f"{identity.uid}:{identity.uid}"
+                if not self._bwrap:
+                    kill_user_processes(identity.uid)  # a crashed server's leftovers
+                _chown_tree(workspace.root, identity.uid)
+            yield Confinement(self._prefix(workspace, read_only), self._limits_arg, ids,
+                              bool(self._bwrap), identity.uid if identity and not self._bwrap
+                              else None)
+        finally:
+            if identity is not None:
+                # Under bubblewrap the PID namespace died with the attempt; without it, a
+                # helper that left the group with setsid still runs under this uid.
+                if not self._bwrap:
+                    kill_user_processes(identity.uid)
+                UidPool.release(identity)
+
+    def _prefix(self, workspace: Workspace, read_only: Sequence[Path]) -> tuple[str, ...]:
+        if not self._bwrap:
+            return ()
+        binds: list[str] = []
+        extra = [str(path) for path in read_only]
+        folders = [str(workspace.code), str(workspace.output), str(workspace.tmp)]
+        for directory in _ancestors([*folders, *extra], self._read_only, self._made):
+            binds += ["--perms", "0711", "--dir", directory]
+        for path in extra:
+            binds += ["--ro-bind", path, path]
+        for folder in folders:
+            binds += ["--bind", folder, folder]
+        return (*self._bwrap, *binds, "--chdir", str(workspace.code), "--")
+
+    def probe(self, python: str, work_root: Path) -> str | None:
+        """Run the real command once; None when it works, else why not."""
+        root = work_root / f"probe-{secrets.token_hex(4)}"
+        workspace = Workspace(root, root / "code", root / "output", root / "tmp")
+        try:
+            for folder in (workspace.code, workspace.output, workspace.tmp):
+                folder.mkdir(parents=True, mode=0o700)
+            with self.confine(workspace) as confinement:
+                done = subprocess.run(
+                    confinement.command(python, PROBE_SOURCE, [str(JOBPATH)]),
+                    cwd=workspace.code, env={"PATH": "/usr/bin:/bin", "OUTPUT_DIR": str(
+                        workspace.output), "HOME": str(workspace.tmp)}, stdin=subprocess.DEVNULL,
+                    capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, start_new_session=True)
+        except (OSError, subprocess.SubprocessError, BatchyardError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        if done.returncode != 0:
+            lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            return lines[-1] if lines else f"exit status {done.returncode}"
+        return None
+
+
+def detect_sandbox(mode: str, python: str, limits: JobLimits, work_root: Path,
+                   data_dir: Path, uid_base: int) -> Sandbox:
+    """Decide the isolation level: bubblewrap if it runs here, else rlimits (and say why)."""
+    uids = UidPool(uid_base) if os.geteuid() == 0 else None
+    who = (f"uid {uid_base}+n per attempt" if uids is not None
+           else "the server's uid (not root: no switch)")
+    if mode == "none":
+        reason = "BATCHYARD_SANDBOX=none"
+    else:
+        reason = "bwrap is not installed (Debian package bubblewrap)"
+        bwrap = shutil.which("bwrap")
+        if bwrap is not None:
+            read_only = [*_interpreter_prefixes(python), str(JOBPATH)]
+            sandbox = Sandbox(
+                IsolationLevel.BUBBLEWRAP,
+                f"bubblewrap (PID/mount/IPC/UTS namespaces, read-only system, only the "
+                f"attempt's folders writable, {who}; limits: {limits.describe()})",
+                limits, _bwrap_base(bwrap, read_only, uids is not None), uids,
+                [Path(path) for path in read_only])
+            failure = sandbox.probe(python, work_root)
+            if failure is None:
+                return sandbox
+            reason = f"bwrap cannot run here: {failure}"
+        if mode == "bubblewrap":
+            raise SandboxUnavailable(f"BATCHYARD_SANDBOX=bubblewrap, but {reason}")
+        log.warning("jobs run without namespaces: %s", reason)
+    if uids is not None:
+        _open_to_job_uids(data_dir, work_root)
+        sandbox = Sandbox(
+            IsolationLevel.RLIMITS,
+            f"rlimits (no namespaces: {reason}; own session, minimal environment, {who}; "
+            f"limits: {limits.describe()})", limits, uids=uids)
+        failure = sandbox.probe(python, work_root)
+        if failure is None:
+            return sandbox
+        os.chmod(data_dir, 0o700)
+        reason += f"; the job uid cannot run {python} here ({failure})"
+        log.warning("jobs run as root: the job uid cannot run %s (%s); install an "
+                    "interpreter outside /root or set BATCHYARD_PYTHON", python, failure)
+        who = "the server's uid (root: processes limit not enforced)"
+    return Sandbox(IsolationLevel.RLIMITS,
+                   f"rlimits (no namespaces: {reason}; own session, minimal environment, "
+                   f"{who}; limits: {limits.describe()})", limits)
+
+
+def _bwrap_base(bwrap: str, read_only: Sequence[str], as_root: bool) -> list[str]:
+    args = [bwrap, *_BWRAP_NAMESPACES]
+    # Root keeps the init user namespace (bind sources resolve as root, the job's uid is a
+    # real host uid); anyone else needs a user namespace of their own.
+    args += list(_ROOT_CAPS) if as_root else ["--unshare-user", "--disable-userns"]
+    args += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
+             "--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm",
+             "--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        host = Path("/") / name
+        if host.is_symlink():  # Debian 12: all of them point into /usr
+            args += ["--symlink", os.readlink(host), str(host)]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), str(host)]
+    # bwrap would create /etc for the binds below as 0700: unreadable to the job's uid.
+    args += ["--perms", "0755", "--dir", "/etc"]
+    for name in ETC_ENTRIES:
+        if os.path.exists(f"/etc/{name}"):
+            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    trees = [Path(path) for path in read_only]
+    for directory in _ancestors(read_only, trees, frozenset()):
+        args += ["--perms", "0711", "--dir", directory]
+    for path in read_only:
+        if not any(tree in Path(path).parents for tree in trees):  # not already inside one
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def _ancestors(paths: Sequence[str], bound: Sequence[Path], made: frozenset[str]) -> list[str]:
+    """The folders above ``paths`` that bwrap would otherwise create with the host's modes
+    (a 0700 ``/root`` would hide a pyenv prefix from the job's uid), top down; not those
+    inside a bound tree nor those in ``made``. They are made 0711: the job passes through
+    to its folders but cannot list the (empty) skeleton of the data folder's path."""
+    covered = ("/usr", "/etc", "/proc", "/dev", *(str(path) for path in bound))
+    found: dict[str, None] = {}
+    for path in paths:
+        for parent in reversed(Path(path).parents):
+            name = str(parent)
+            if name in ("/", "/tmp") or name in made or any(
+                    name == c or name.startswith(c + "/") for c in covered):
+                continue
+            found[name] = None
+    return list(found)
+
+
+def _interpreter_prefixes(python: str) -> list[str]:
+    """The job interpreter's own folders when they are outside /usr (pyenv: libpython)."""
+    done = subprocess.run([python, "-I", "-S", "-c",
+                           "import sys; print(sys.base_prefix); print(sys.base_exec_prefix)"],
+                          capture_output=True, check=True, timeout=PROBE_TIMEOUT_SECONDS)
+    prefixes = {os.path.realpath(line) for line in done.stdout.decode().split() if line}
+    prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(python))))
+    return sorted(p for p in prefixes if p != "/usr" and not p.startswith("/usr/"))
+
+
+def _open_to_job_uids(data_dir: Path, work_root: Path) -> None:
+    """Without a mount namespace the job reaches its folder by path: let it traverse
+    (0711, no listing) while every file of the data folder stays the server's alone."""
+    for entry in data_dir.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            os.chmod(entry, entry.stat().st_mode & 0o700)
+    os.chmod(data_dir, 0o711)
+    os.chmod(work_root, 0o711)
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+
+
