@@ -104,7 +104,9 @@ def update_job(platform: Platform, actor: Actor, job_id: str, data: dict[str, An
                            field=sorted(unknown)[0])
     now = platform.clock.now()
     with platform.db.write() as session:
-        job = scoped.job(session, actor.account_id, job_id)
+        # Job row first, then the account: the scheduler locks in that order too
+        # (PostgreSQL would otherwise deadlock a rename against a fire).
+        job = scoped.job(session, actor.account_id, job_id, lock=True)
         before: dict[str, Any] = {}
         after: dict[str, Any] = {}
         if "name" in data:
