@@ -23,7 +23,7 @@ from batchyard.errors import BatchyardError, NotFound
 from batchyard.services.context import Actor, Platform
 from batchyard.services.ids import new_id
 from batchyard.store import usage
-from batchyard.store.models import Account, Execution, Job, JobUsageDay
+from batchyard.store.models import Account, Execution, Job, JobUsageDay, execution_row
 
 ACTIVE = ("queued", "running")
 
@@ -138,18 +138,16 @@ def admit_many(platform: Platform, session: Session, account_id: str,
                             admission.reason.value if admission.reason else None, job.id,
                             job.name, job.revision if revision else None, invocation.source,
                             invocation.params, day)
-        rows.append(dict(
+        rows.append(execution_row(
             id=recorded.id, account_id=account_id, job_id=job.id, job_name=job.name,
             revision=recorded.revision, source=invocation.source,
             scheduled_for=invocation.scheduled_for, idempotency_key=invocation.idempotency_key,
             status=recorded.status, reason=recorded.reason,
             message=None if admission.admitted else admission.message,
-            params=invocation.params, account_day=day, created_at=now, runtime_seconds=0.0,
-            reserved_seconds=settings.timeout_seconds if strict else 0.0, attempt_count=0,
+            params=invocation.params, account_day=day, created_at=now,
+            reserved_seconds=settings.timeout_seconds if strict else 0.0,
             next_attempt_at=now if admission.admitted else None,
-            ended_at=None if admission.admitted else now, started_at=None,
-            cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False,
-            lease_owner=None, lease_expires_at=None))
+            ended_at=None if admission.admitted else now))
         if admission.admitted:
             added_executions += 1
             added_reserved += settings.timeout_seconds if strict else 0.0

@@ -21,7 +21,7 @@ from batchyard.domain.admission import account_day
 from batchyard.services.context import Platform
 from batchyard.services.ids import new_id
 from batchyard.services.invoke import Invocation, admit_many
-from batchyard.store.models import Account, Execution, Job, UTCDateTime
+from batchyard.store.models import Account, Execution, Job, UTCDateTime, execution_row
 
 # Bounds one job's catch-up per tick: a server down for months must not build a
 # transaction of thousands of rows; the next tick continues where this one stopped.
@@ -170,13 +170,11 @@ def _plan(platform: Platform, session: Session, row: Any, now: datetime) -> _Pla
 
 def _missed_row(plan: _Plan, at: datetime, now: datetime, day: str) -> dict[str, Any]:
     """A fire older than the grace: recorded, never silently dropped, never run."""
-    return dict(
+    return execution_row(
         id=new_id("exe"), account_id=plan.account_id, job_id=plan.job_id, job_name=plan.name,
         revision=plan.revision, source="scheduler", scheduled_for=at,
         idempotency_key=idempotency_key(plan.job_id, at), status="missed", reason="misfire",
         message=f"The scheduler could not fire this instant within the job's misfire grace "
                 f"(it looked at {now.isoformat()}).",
         params={"body": {}, "query_string_parameters": {}}, account_day=day, created_at=now,
-        started_at=None, ended_at=now, runtime_seconds=0.0, reserved_seconds=0.0,
-        attempt_count=0, next_attempt_at=None, lease_owner=None, lease_expires_at=None,
-        cancel_requested=False, log_bytes=0, log_seq=0, log_truncated=False)
+        ended_at=now)

@@ -195,6 +195,16 @@ class Execution(Base):
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+def execution_row(**fields: Any) -> dict[str, Any]:
+    """A full executions row for a Core insert: the given fields over the defaults of a
+    new execution (no attempt yet, no lease, no logs)."""
+    return {"scheduled_for": None, "idempotency_key": None, "reason": None, "message": None,
+            "started_at": None, "ended_at": None, "runtime_seconds": 0.0,
+            "reserved_seconds": 0.0, "attempt_count": 0, "next_attempt_at": None,
+            "lease_owner": None, "lease_expires_at": None, "cancel_requested": False,
+            "log_bytes": 0, "log_seq": 0, "log_truncated": False, **fields}
+
+
 class Attempt(Base):
     __tablename__ = "attempts"
     __table_args__ = (UniqueConstraint("execution_id", "number"),)
