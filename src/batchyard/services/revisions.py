@@ -67,12 +67,17 @@ class RevisionCache:
         if not missing:
             return found
         pairs = [(job_id, number) for _, job_id, number in missing]
-        revisions = {(row.account_id, row.job_id, row.number): row for row in session.scalars(
-            select(Revision).where(tuple_(Revision.job_id, Revision.number).in_(pairs)))}
+        # Plain column rows, not ORM objects: the scheduler loads thousands at a time.
+        revisions = {(row.account_id, row.job_id, row.number): row for row in session.execute(
+            select(Revision.account_id, Revision.job_id, Revision.number,
+                   Revision.code_version, Revision.settings, Revision.schedule,
+                   Revision.variables)
+            .where(tuple_(Revision.job_id, Revision.number).in_(pairs)))}
         code_keys = [(row.job_id, row.code_version) for row in revisions.values()]
-        codes = {(row.account_id, row.job_id, row.version): row for row in session.scalars(
-            select(CodeVersion).where(tuple_(CodeVersion.job_id,
-                                             CodeVersion.version).in_(code_keys)))}
+        codes = {(row.account_id, row.job_id, row.version): row for row in session.execute(
+            select(CodeVersion.account_id, CodeVersion.job_id, CodeVersion.version,
+                   CodeVersion.content, CodeVersion.main_parameters, CodeVersion.requirements)
+            .where(tuple_(CodeVersion.job_id, CodeVersion.version).in_(code_keys)))}
         for key in missing:
             # Keys carry the account: a revision of another tenant is never returned.
             revision = revisions[key]
