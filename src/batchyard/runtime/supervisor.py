@@ -29,7 +29,7 @@ from batchyard.runtime.pump import OutputPump
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
 from batchyard.runtime.workspace import collect_outputs, create_workspace
 from batchyard.sdk import JOBPATH
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.services.queue import AttemptResult, ClaimedAttempt
 
 # A constant, not generated source: the job path comes in as argv[1].
 BOOT_COMMAND = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
@@ -265,5 +265,3 @@ class Supervisor:
         elif kind == "result":
             sink.add("log", "main returned", "debug", {"result": record.get("value")})
 
-
-__all__ = ["LogRecord", "RuntimeLimits", "Supervisor"]
