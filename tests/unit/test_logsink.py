@@ -26,7 +26,7 @@ def make_sink(writer: Recorder, **overrides: object) -> LogSink:
     options: dict[str, object] = {"secrets": (), "first_seq": 0, "used_bytes": 0,
                                   "truncated": False, "cap_bytes": 10_000}
     options.update(overrides)
-    return LogSink(writer, lambda: NOW, flush_interval=60, **options)  # type: ignore[arg-type]
+    return LogSink(writer, lambda: NOW, **options)  # type: ignore[arg-type]
 
 
 def test_secret_values_are_masked_in_messages_and_data() -> None:

@@ -36,12 +36,11 @@ def mask_data(value: Any, secrets: tuple[str, ...]) -> Any:
 
 
 class LogSink:
+    """Buffers records; its owner (the output pump) calls ``flush`` on a steady tick."""
+
     def __init__(self, writer: LogWriter, clock: Callable[[], datetime], *,
                  secrets: tuple[str, ...],
-                 first_seq: int, used_bytes: int, truncated: bool, cap_bytes: int,
-                 flush_interval: float = 0.2, batch_size: int = 500,
-                 threaded: bool = True) -> None:
-        """With ``threaded=False`` the owner calls ``flush`` itself (the output pump does)."""
+                 first_seq: int, used_bytes: int, truncated: bool, cap_bytes: int) -> None:
         # Longest first, so a secret containing another is masked whole.
         self._secrets = tuple(sorted(secrets, key=len, reverse=True))
         self._writer = writer
@@ -52,15 +51,7 @@ class LogSink:
         self._cap = cap_bytes
         self._pending: list[LogRecord] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
         self.fenced = False
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._run, name="log-flush", daemon=True)
-            self._thread.start()
 
     def add(self, stream: str, message: str, level: str | None = None, data: Any = None,
             at: datetime | None = None) -> None:
@@ -80,42 +71,24 @@ class LogSink:
                 self._bytes += size
                 record = LogRecord(at or self._clock(), stream, message, level, data)
             self._pending.append(record)
-            if len(self._pending) >= self._batch_size:
-                self._wake.set()
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self._flush_interval)
-            self._wake.clear()
-            if self._closed:
-                return
-            self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-            first = self._seq
-            self._seq += len(batch)
-            used, truncated = self._bytes, self._truncated
-        if batch and not self._writer(batch, first, used, truncated):
-            self.fenced = True
-
-    def close(self) -> LogBatch:
-        """Stop the flusher and hand back what it has not stored yet.
-
-        The caller stores that batch together with the attempt's end: one
-        transaction instead of two for every short job.
-        """
-        self._closed = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
+    def _take(self) -> LogBatch:
         with self._lock:
             batch, self._pending = self._pending, []
             first = self._seq
             self._seq += len(batch)
             return LogBatch(tuple(batch), first, self._bytes, self._truncated)
+
+    def flush(self) -> None:
+        batch = self._take()
+        if batch.records and not self._writer(list(batch.records), batch.first_seq,
+                                              batch.used_bytes, batch.truncated):
+            self.fenced = True
+
+    def close(self) -> LogBatch:
+        """Hand back what is not stored yet.
+
+        The caller stores that batch together with the attempt's end: one
+        transaction instead of two for every short job.
+        """
+        return self._take()

@@ -82,7 +82,7 @@ class Supervisor:
         sink = LogSink(write_logs, lambda: datetime.now(UTC),
                        secrets=attempt.secret_values, first_seq=attempt.log_seq,
                        used_bytes=attempt.log_bytes, truncated=attempt.log_truncated,
-                       cap_bytes=self.limits.log_cap_bytes, threaded=False)
+                       cap_bytes=self.limits.log_cap_bytes)
         sink.add("log", f"batchyard: attempt {attempt.number} of execution "
                  f"{attempt.execution_id} (revision {attempt.revision}) on {attempt.worker}; "
                  f"isolation: {self.sandbox.description}; "

@@ -368,9 +368,3 @@ def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | Non
     if swept:
         platform.on_queued()
     return swept
-
-
-def is_cancel_requested(platform: Platform, attempt: ClaimedAttempt) -> bool:
-    with platform.db.read() as session:
-        return bool(session.scalar(select(Execution.cancel_requested).where(
-            Execution.id == attempt.execution_id)))
