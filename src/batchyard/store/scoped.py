@@ -17,7 +17,6 @@ from batchyard.store.models import (
     Account,
     ApiKey,
     Artifact,
-    AuditEntry,
     CodeVersion,
     Execution,
     Job,
@@ -146,6 +145,6 @@ def page(session: Session, stmt: Select[T], id_column: Any, limit: int,
     return rows, next_cursor
 
 
-__all__ = ["AuditEntry", "account", "api_key", "artifact", "code_version", "code_versions",
+__all__ = ["account", "api_key", "artifact", "code_version", "code_versions",
            "execution", "job", "job_by_name", "jobs", "live_job_count", "page", "revision",
            "user", "variables"]
