@@ -6,7 +6,6 @@ a timeout), never by polling; the deadline is a timer that kills the whole tree.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import marshal
 import os
@@ -15,7 +14,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from batchyard.errors import BatchyardError
 from batchyard.runtime.logsink import LogSink, LogWriter
 from batchyard.runtime.processes import kill_group_now, kill_tree
 from batchyard.runtime.pump import OutputPump
+from batchyard.runtime.requests import RequestDispatcher, RequestHandler
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
 from batchyard.runtime.workspace import collect_outputs, create_workspace
 from batchyard.sdk import JOBPATH
@@ -59,13 +59,16 @@ class _Stop:
 
 class Supervisor:
     def __init__(self, python: str, work_root: Path, limits: RuntimeLimits,
-                 sandbox: Sandbox | None = None) -> None:
+                 sandbox: Sandbox | None = None,
+                 requests: Mapping[str, RequestHandler] | None = None) -> None:
         self.python = python
         self.work_root = work_root
         self.limits = limits
         # Sandbox: how each attempt is confined (runtime/sandbox.py); without one (tests of
         # the supervisor alone) the child runs unconfined, as its own session.
         self.sandbox = sandbox or Sandbox.unconfined()
+        # Requests the job makes over its channel ("db", "email"), answered in the server.
+        self.requests: dict[str, RequestHandler] = dict(requests or {})
         self._running: dict[str, Callable[[AttemptOutcome, str], None]] = {}
         self._lock = threading.Lock()
 
@@ -167,10 +170,11 @@ class Supervisor:
         timer.start()
         errors: list[str] = []
         assert process.stdout is not None and process.stderr is not None
+        dispatcher = RequestDispatcher(self.requests, attempt, parent_end.sendall)
 
         def on_line(stream: str, line: bytes) -> None:
             if stream == "channel":
-                self._on_channel_line(line, sink, errors, parent_end)
+                self._on_channel_line(line, sink, errors, dispatcher)
             else:
                 sink.add(stream, line.decode("utf-8", "replace"))
 
@@ -193,6 +197,7 @@ class Supervisor:
         # Sandbox: and, under the rlimits level, what left the group (setsid) in its uid.
         confinement.kill_leftovers()
         pump.finish(timeout=2)
+        dispatcher.wait(timeout=2)
         process.stdout.close()
         process.stderr.close()
         parent_end.close()
@@ -232,17 +237,21 @@ class Supervisor:
         return AttemptOutcome.FAILED, f"exited with code {exit_code}"
 
     def _on_channel_line(self, line: bytes, sink: LogSink, errors: list[str],
-                         channel: socket.socket) -> None:
+                         dispatcher: RequestDispatcher) -> None:
         try:
             record = json.loads(line)
         except ValueError:
             return
-        if isinstance(record, dict):
-            self._on_record(record, sink, errors, channel.sendall)
+        if not isinstance(record, dict):
+            return
+        if dispatcher.handles(record.get("type")):
+            dispatcher.submit(record)
+        else:
+            self._on_record(record, sink, errors, dispatcher)
 
     @staticmethod
     def _on_record(record: dict[str, Any], sink: LogSink, errors: list[str],
-                   reply: Callable[[bytes], object]) -> None:
+                   dispatcher: RequestDispatcher) -> None:
         kind = record.get("type")
         if kind == "log":
             level = record.get("level") if record.get("level") in _LEVELS else "info"
@@ -259,9 +268,9 @@ class Supervisor:
                      {"email_type": record.get("email_type"),
                       "attachments": record.get("attachments", [])})
         elif kind == "db":
-            answer = {"ok": False, "error": "Database access is not available on this server."}
-            with contextlib.suppress(OSError):
-                reply(json.dumps(answer).encode() + b"\n")
+            # No broker registered (a supervisor built without one): the job must not hang.
+            dispatcher.reply({"ok": False,
+                              "error": "Database access is not available on this server."})
         elif kind == "result":
             sink.add("log", "main returned", "debug", {"result": record.get("value")})
 
