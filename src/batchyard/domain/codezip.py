@@ -35,6 +35,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from batchyard.domain.requirements import parse_requirements
 from batchyard.errors import CodeTooLarge, InvalidCode
 
 MIB = 1024 * 1024
@@ -150,6 +151,8 @@ def inspect_code_zip(
             raise InvalidCode(
                 f"requirements.txt line {line}: not valid UTF-8 text; save it as UTF-8."
             ) from exc
+        # Option lines, URLs and paths are refused here, at upload (domain/requirements.py).
+        parse_requirements(requirements)
     return dataclasses.replace(
         manifest,
         has_requirements=requirements is not None,
