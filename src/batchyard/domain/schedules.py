@@ -273,12 +273,20 @@ def next_fires(schedule: Mapping[str, Any], after: datetime, count: int) -> list
     parsed = Schedule.from_dict(schedule)
     if parsed.kind == "none" or count <= 0:
         return []
-    return [instant for instant, _ in islice(_fires(parsed, _as_utc(after)), count)]
+    return [instant for instant, _ in islice(_fires(parsed, _as_utc(after), named=False),
+                                             count)]
 
 
 def next_fire(schedule: Mapping[str, Any], after: datetime) -> datetime | None:
     fires = next_fires(schedule, after, 1)
     return fires[0] if fires else None
+
+
+def next_fire_of(schedule: Schedule, after: datetime) -> datetime | None:
+    """``next_fire`` of an already parsed schedule: the scheduler's per-job step."""
+    if schedule.kind == "none":
+        return None
+    return next((instant for instant, _ in _fires(schedule, _as_utc(after), named=False)), None)
 
 
 def describe_next_runs(schedule: Mapping[str, Any], after: datetime,
@@ -294,8 +302,13 @@ def _as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _fires(schedule: Schedule, after: datetime) -> Iterator[tuple[datetime, str]]:
-    """(instant, pair name) of every fire after ``after``, strictly increasing."""
+def _fires(schedule: Schedule, after: datetime,
+           named: bool = True) -> Iterator[tuple[datetime, str]]:
+    """(instant, pair name) of every fire after ``after``, strictly increasing.
+
+    Names serve only the gap check's error message; ``named=False`` skips building them
+    (the scheduler computes ten thousand next fires in one tick).
+    """
     zone = ZoneInfo(schedule.timezone)
     last = after
     if schedule.kind == "cron":
@@ -305,7 +318,7 @@ def _fires(schedule: Schedule, after: datetime) -> Iterator[tuple[datetime, str]
             instant = local.astimezone(UTC)
             if instant > last:
                 last = instant
-                yield instant, _cron_name(local)
+                yield instant, _cron_name(local) if named else ""
         return
     match_day = _day_matcher(schedule)
     # From the day before: a time skipped on that day may fire at a jump after midnight.
@@ -317,7 +330,8 @@ def _fires(schedule: Schedule, after: datetime) -> Iterator[tuple[datetime, str]
                 instant = _resolve(day, minute, zone)
                 if instant > last:
                     last = instant
-                    yield instant, _name(schedule, day_name, minute, instant)
+                    yield instant, (_name(schedule, day_name, minute, instant)
+                                    if named else "")
         day += _DAY
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -72,7 +73,9 @@ _EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
 _LOCK_ACCOUNT = select(Account.timezone, Account.plan, Account.batch_jobs_enabled,
                        Account.budget_mode).where(Account.id == bindparam("aid")) \
     .with_for_update()
-_JOBS = select(Job.id, Job.name, Job.status, Job.revision, Job.settings).where(
+# No settings column: a job never published is refused before its settings matter, and a
+# published one is decided on its revision's settings (cached, never decoded per call).
+_JOBS = select(Job.id, Job.name, Job.status, Job.revision).where(
     Job.account_id == bindparam("aid"), Job.id.in_(bindparam("jids", expanding=True)),
     Job.deleted_at.is_(None))
 _JOB_EXECUTIONS = select(JobUsageDay.job_id, JobUsageDay.executions).where(
@@ -83,6 +86,7 @@ _ACTIVE = select(_EXECUTION.c.job_id, func.count()).where(
     _EXECUTION.c.job_id.in_(bindparam("jids", expanding=True)),
     _EXECUTION.c.status.in_(ACTIVE)).group_by(_EXECUTION.c.job_id)
 _INSERT_EXECUTION = insert(_EXECUTION)
+_UNPUBLISHED_SETTINGS = settings_from_dict(None)
 
 
 def admit(platform: Platform, session: Session, account_id: str, invocation: Invocation,
@@ -92,7 +96,8 @@ def admit(platform: Platform, session: Session, account_id: str, invocation: Inv
 
 
 def admit_many(platform: Platform, session: Session, account_id: str,
-               invocations: list[Invocation], now: datetime) -> list[tuple[Recorded, Admission]]:
+               invocations: list[Invocation], now: datetime,
+               job_rows: Mapping[str, Any] | None = None) -> list[tuple[Recorded, Admission]]:
     """Record invocations of one account's jobs, in order, in the caller's transaction.
 
     The account row is locked first (PostgreSQL ``FOR UPDATE``; SQLite holds the
@@ -101,12 +106,15 @@ def admit_many(platform: Platform, session: Session, account_id: str,
     once and carried forward in memory from one decision to the next, so a
     scheduler admitting a thousand fires pays a handful of statements, not
     thousands; a single API call takes the same path with a list of one.
+
+    ``job_rows`` (id, name, status, revision by job id) are rows of this account the
+    caller already read and locked in this transaction (the scheduler's due jobs).
     """
     connection = session.connection()
     account = connection.execute(_LOCK_ACCOUNT, {"aid": account_id}).one_or_none()
     job_ids = sorted({invocation.job_id for invocation in invocations})
-    jobs = {row.id: row for row in connection.execute(_JOBS, {"aid": account_id,
-                                                              "jids": job_ids})}
+    jobs = dict(job_rows) if job_rows is not None else {
+        row.id: row for row in connection.execute(_JOBS, {"aid": account_id, "jids": job_ids})}
     missing = [job_id for job_id in job_ids if job_id not in jobs]
     if account is None or missing:
         raise NotFound(f"Job {missing[0] if missing else job_ids[0]} not found.")
@@ -125,7 +133,7 @@ def admit_many(platform: Platform, session: Session, account_id: str,
         job = jobs[invocation.job_id]
         revision = platform.revisions.get(session, account_id, job.id, job.revision) \
             if job.revision is not None else None
-        settings = revision.settings if revision else settings_from_dict(job.settings)
+        settings = revision.settings if revision else _UNPUBLISHED_SETTINGS
         admission = decide_admission(
             enabled=account.batch_jobs_enabled, published=job.status == "published",
             plan=plan, settings=settings,

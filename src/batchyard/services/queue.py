@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, aliased
 from batchyard.domain.admission import account_day
 from batchyard.domain.executions import AttemptOutcome, ExecutionStatus, after_attempt
 from batchyard.domain.plans import plan_from_dict
+from batchyard.services import notifications
 from batchyard.services.context import Platform
 from batchyard.store import usage
 from batchyard.store.models import Account, Artifact, Attempt, Execution, LogLine, UTCDateTime
@@ -151,6 +152,7 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
     revision = platform.revisions.get(session, execution["account_id"], execution["job_id"],
                                       execution["revision"])
     settings = revision.settings
+    code = platform.revisions.code(session, revision)
     plan = plan_from_dict(plan_data)
     day = account_day(now, timezone).isoformat()
     _, runtime, reserved = usage.account_day_row(session, execution["account_id"], day)
@@ -173,8 +175,8 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
     return ClaimedAttempt(
         execution_id=execution["id"], account_id=execution["account_id"],
         job_id=execution["job_id"], job_name=execution["job_name"], number=number,
-        worker=worker, revision=revision.number, code=revision.code,
-        main_parameters=revision.main_parameters, requirements=revision.requirements,
+        worker=worker, revision=revision.number, code=code.content,
+        main_parameters=code.main_parameters, requirements=code.requirements,
         variables=variables, secret_values=tuple(secret_values), deadline_seconds=deadline,
         timeout_seconds=settings.timeout_seconds, params=dict(execution["params"]),
         source=execution["source"], database_access=plan.database_access,
@@ -323,6 +325,8 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     connection.execute(_CLOSE, {"eid": execution_id, "p_status": decision.status.value,
                                 "p_reason": decision.reason, "p_message": result.error,
                                 "p_ended": result.ended_at})
+    # The outbox rows commit (or roll back) with the final state itself.
+    notifications.enqueue_execution_end(platform, session, execution_id)
     if reserved:
         usage.add_account(session, account_id, admitted_day, reserved_seconds=-reserved)
 

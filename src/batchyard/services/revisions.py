@@ -1,22 +1,30 @@
-"""Published revisions, read through a cache.
+"""Published revisions, read through caches.
 
 A revision and its code version never change once written, so every process
-may keep them in memory: the hot paths (invoke, claim, finish) then skip two
-queries and the code blob's transfer. The cache is bounded by bytes held.
+may keep them in memory: the hot paths (invoke, fire, claim, finish) then skip
+queries. What admission and the scheduler need (settings, schedule) is small and
+kept apart from the code blob, which only a claim needs: the scheduler firing
+ten thousand jobs never transfers a zip. The code cache is bounded by bytes held,
+the revision cache by entries.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Text, bindparam, cast, select, tuple_
 from sqlalchemy.orm import Session
 
 from batchyard.domain.jobs import JobSettings, settings_from_dict
+from batchyard.domain.schedules import Schedule
 from batchyard.store.models import CodeVersion, Revision
+
+RevisionKey = tuple[str, str, int]  # (account id, job id, revision number)
+CodeKey = tuple[str, str, int]  # (account id, job id, code version)
 
 
 @dataclass(frozen=True)
@@ -28,74 +36,132 @@ class PublishedRevision:
     schedule: dict[str, Any]
     variables: tuple[dict[str, Any], ...]
     code_version: int
-    code: bytes
+    # Parsed once per revision: the scheduler steps it for every fire.
+    parsed_schedule: Schedule
+
+
+@dataclass(frozen=True)
+class PublishedCode:
+    content: bytes
     main_parameters: int
     requirements: str | None
 
 
+_CODE = select(CodeVersion.content, CodeVersion.main_parameters, CodeVersion.requirements) \
+    .where(CodeVersion.account_id == bindparam("aid"), CodeVersion.job_id == bindparam("jid"),
+           CodeVersion.version == bindparam("version"))
+
+
+# Settings and schedules as stored text: decoded once per distinct text, not per revision
+# (most jobs of a fleet share their settings and a handful of schedules).
+_REVISIONS = select(Revision.account_id, Revision.job_id, Revision.number,
+                    Revision.code_version, cast(Revision.settings, Text).label("settings"),
+                    cast(Revision.schedule, Text).label("schedule"),
+                    cast(Revision.variables, Text).label("variables"))
+
+_T = TypeVar("_T")
+
+
+class _Interned(Generic[_T]):
+    """Values decoded from stored JSON text, shared by every revision with that text."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max_entries = max_entries
+        self._values: dict[str, _T] = {}
+
+    def get(self, text: str) -> _T | None:
+        return self._values.get(text)
+
+    def put(self, text: str, value: _T) -> None:
+        if len(self._values) >= self._max_entries:
+            self._values.clear()  # a fleet of all-distinct settings: start over, stay bounded
+        self._values[text] = value
+
+
 class RevisionCache:
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self._max_bytes = max_bytes
-        self._held = 0
-        self._items: OrderedDict[tuple[str, str, int], PublishedRevision] = OrderedDict()
+    def __init__(self, max_code_bytes: int = 64 * 1024 * 1024,
+                 max_revisions: int = 200_000) -> None:
+        self._max_code_bytes = max_code_bytes
+        self._max_revisions = max_revisions
+        self._code_held = 0
+        self._revisions: OrderedDict[RevisionKey, PublishedRevision] = OrderedDict()
+        self._codes: OrderedDict[CodeKey, PublishedCode] = OrderedDict()
         self._lock = threading.Lock()
+        self._settings: _Interned[JobSettings] = _Interned()
+        self._schedules: _Interned[tuple[dict[str, Any], Schedule]] = _Interned()
 
     def get(self, session: Session, account_id: str, job_id: str,
             number: int) -> PublishedRevision:
         key = (account_id, job_id, number)
         with self._lock:
-            cached = self._items.get(key)
+            cached = self._revisions.get(key)
             if cached is not None:
-                self._items.move_to_end(key)
+                self._revisions.move_to_end(key)
                 return cached
         return self.load(session, [key])[key]
 
-    def load(self, session: Session, keys: list[tuple[str, str, int]]) -> \
-            dict[tuple[str, str, int], PublishedRevision]:
-        """Load the (account, job, number) revisions not cached yet, two queries in all.
+    def load(self, session: Session, keys: list[RevisionKey]) -> \
+            dict[RevisionKey, PublishedRevision]:
+        """The (account, job, number) revisions, those not cached yet in one query.
 
         The scheduler calls this for a whole batch of due jobs at once.
         """
-        found: dict[tuple[str, str, int], PublishedRevision] = {}
+        found: dict[RevisionKey, PublishedRevision] = {}
         with self._lock:
             for key in keys:
-                cached = self._items.get(key)
+                cached = self._revisions.get(key)
                 if cached is not None:
-                    self._items.move_to_end(key)
+                    self._revisions.move_to_end(key)
                     found[key] = cached
         missing = sorted({key for key in keys if key not in found})
         if not missing:
             return found
-        pairs = [(job_id, number) for _, job_id, number in missing]
         # Plain column rows, not ORM objects: the scheduler loads thousands at a time.
-        revisions = {(row.account_id, row.job_id, row.number): row for row in session.execute(
-            select(Revision.account_id, Revision.job_id, Revision.number,
-                   Revision.code_version, Revision.settings, Revision.schedule,
-                   Revision.variables)
-            .where(tuple_(Revision.job_id, Revision.number).in_(pairs)))}
-        code_keys = [(row.job_id, row.code_version) for row in revisions.values()]
-        codes = {(row.account_id, row.job_id, row.version): row for row in session.execute(
-            select(CodeVersion.account_id, CodeVersion.job_id, CodeVersion.version,
-                   CodeVersion.content, CodeVersion.main_parameters, CodeVersion.requirements)
-            .where(tuple_(CodeVersion.job_id, CodeVersion.version).in_(code_keys)))}
+        rows = {(row.account_id, row.job_id, row.number): row for row in session.execute(
+            _REVISIONS.where(tuple_(Revision.job_id, Revision.number).in_(
+                [(job_id, number) for _, job_id, number in missing])))}
+        loaded: list[tuple[RevisionKey, PublishedRevision]] = []
         for key in missing:
             # Keys carry the account: a revision of another tenant is never returned.
-            revision = revisions[key]
-            code = codes[(key[0], key[1], revision.code_version)]
-            loaded = PublishedRevision(
-                account_id=key[0], job_id=key[1], number=key[2],
-                settings=settings_from_dict(revision.settings),
-                schedule=dict(revision.schedule),
-                variables=tuple(dict(item) for item in revision.variables),
-                code_version=code.version, code=code.content,
-                main_parameters=code.main_parameters, requirements=code.requirements)
-            found[key] = loaded
-            with self._lock:
-                if key not in self._items:
-                    self._items[key] = loaded
-                    self._held += len(loaded.code)
+            row = rows[key]
+            settings = self._settings.get(row.settings)
+            if settings is None:
+                settings = settings_from_dict(json.loads(row.settings))
+                self._settings.put(row.settings, settings)
+            schedule = self._schedules.get(row.schedule)
+            if schedule is None:
+                data = json.loads(row.schedule) or {"type": "none"}
+                schedule = (data, Schedule.from_dict(data))
+                self._schedules.put(row.schedule, schedule)
+            revision = PublishedRevision(
+                account_id=key[0], job_id=key[1], number=key[2], settings=settings,
+                schedule=dict(schedule[0]),
+                variables=tuple(dict(item) for item in json.loads(row.variables)),
+                code_version=row.code_version, parsed_schedule=schedule[1])
+            found[key] = revision
+            loaded.append((key, revision))
         with self._lock:
-            while self._held > self._max_bytes and len(self._items) > 1:
-                _, evicted = self._items.popitem(last=False)
-                self._held -= len(evicted.code)
+            for key, revision in loaded:
+                self._revisions.setdefault(key, revision)
+            while len(self._revisions) > self._max_revisions:
+                self._revisions.popitem(last=False)
         return found
+
+    def code(self, session: Session, revision: PublishedRevision) -> PublishedCode:
+        """The code version a revision runs: what a claim hands to the supervisor."""
+        key = (revision.account_id, revision.job_id, revision.code_version)
+        with self._lock:
+            cached = self._codes.get(key)
+            if cached is not None:
+                self._codes.move_to_end(key)
+                return cached
+        row = session.execute(_CODE, {"aid": key[0], "jid": key[1], "version": key[2]}).one()
+        code = PublishedCode(row.content, row.main_parameters, row.requirements)
+        with self._lock:
+            if key not in self._codes:
+                self._codes[key] = code
+                self._code_held += len(code.content)
+            while self._code_held > self._max_code_bytes and len(self._codes) > 1:
+                _, evicted = self._codes.popitem(last=False)
+                self._code_held -= len(evicted.content)
+        return code

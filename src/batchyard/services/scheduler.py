@@ -26,7 +26,7 @@ from batchyard.store.models import Account, Execution, Job, UTCDateTime, executi
 # Bounds one job's catch-up per tick: a server down for months must not build a
 # transaction of thousands of rows; the next tick continues where this one stopped.
 MAX_INSTANTS_PER_JOB = 500
-JOBS_PER_TRANSACTION = 200
+JOBS_PER_TRANSACTION = 500
 
 _EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
 _INSERT_MISSED = insert(_EXECUTION)
@@ -79,7 +79,8 @@ def fire_due(platform: Platform, now: datetime | None = None) -> FireReport:
     return report
 
 
-_DUE_JOBS = (select(Job.id, Job.account_id, Job.name, Job.revision, Job.next_fire_at)
+_DUE_JOBS = (select(Job.id, Job.account_id, Job.name, Job.status, Job.revision,
+                    Job.next_fire_at)
              .where(Job.status == "published", Job.deleted_at.is_(None),
                     Job.next_fire_at <= bindparam("now", type_=UTCDateTime()))
              .order_by(Job.next_fire_at, Job.id).limit(JOBS_PER_TRANSACTION))
@@ -144,9 +145,13 @@ def _fire_batch(platform: Platform, now: datetime) -> FireReport:
         if missed_rows:
             connection.execute(_INSERT_MISSED, missed_rows)
         report = report + FireReport(missed=len(missed_rows))
+        rows_by_id = {row.id: row for row in due_jobs}
         for account_id in sorted(invocations):
+            # The due rows are this account's, read and locked above: admission reuses them.
+            job_rows = {invocation.job_id: rows_by_id[invocation.job_id]
+                        for invocation in invocations[account_id]}
             for _, admission in admit_many(platform, session, account_id,
-                                           invocations[account_id], now):
+                                           invocations[account_id], now, job_rows):
                 report = report + FireReport(queued=int(admission.admitted),
                                              blocked=int(not admission.admitted))
         connection.execute(_ADVANCE, [{"jid": plan.job_id, "p_next": plan.next_fire_at}
@@ -162,7 +167,7 @@ def _plan(platform: Platform, session: Session, row: Any, now: datetime) -> _Pla
     while instant is not None and instant <= now and len(due) < MAX_INSTANTS_PER_JOB:
         due.append(instant)
         # Advanced from the scheduled instant, never from the clock.
-        instant = schedules.next_fire(revision.schedule, instant)
+        instant = schedules.next_fire_of(revision.parsed_schedule, instant)
     return _Plan(row.id, row.account_id, row.name, row.revision,
                  late=[at for at in due if now - at > grace],
                  on_time=[at for at in due if now - at <= grace], next_fire_at=instant)
