@@ -19,7 +19,7 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,8 @@ class ServerProcess:
     """One ``batchyard serve`` subprocess over a data folder."""
 
     def __init__(self, root: Path, data_dir: Path | None = None, workers: int = 2,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), env: Mapping[str, str] | None = None
+                 ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.data_dir = data_dir or root / "data"
@@ -55,6 +56,9 @@ class ServerProcess:
         self.log_path = root / f"server-{uuid.uuid4().hex[:6]}.log"
         self.workers = workers
         self.extra_args = extra_args
+        # BATCHYARD_* settings of this server (limits, isolation level); the operator
+        # token is always OPERATOR_TOKEN.
+        self.env = dict(env or {})
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -70,6 +74,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHYARD_")}
+        env.update(self.env)
         env.update(BATCHYARD_OPERATOR_TOKEN=OPERATOR_TOKEN, TMPDIR=str(self.tmp_dir),
                    PYTHONUNBUFFERED="1")
         for _try in range(3):

@@ -463,6 +463,9 @@ def _open_to_job_uids(data_dir: Path, work_root: Path) -> None:
 
 def _chown_tree(root: Path, uid: int) -> None:
     os.chown(root, uid, uid)
+    # mkdir(parents=True) made the attempt's folder with the umask's mode (0755): without a
+    # mount namespace any other job could list it by path.
+    os.chmod(root, 0o700)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
