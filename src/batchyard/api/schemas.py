@@ -62,12 +62,20 @@ class NotifyIn(Strict):
     on_success: list[str] | None = None
 
 
+class WebhookIn(Strict):
+    url: str
+    # Write-only: omitted keeps the current secret, null or "" removes it.
+    secret: str | None = None
+
+
 class SettingsIn(Strict):
     timeout_minutes: float | None = None
     retries: int | None = None
     concurrency: Literal["forbid", "allow"] | None = None
     misfire_grace_minutes: float | None = None
     notify: NotifyIn | None = None
+    # null removes the webhook.
+    webhook: WebhookIn | None = None
 
 
 class VariableIn(Strict):
@@ -135,12 +143,18 @@ class NotifyOut(BaseModel):
     on_success: list[str]
 
 
+class WebhookOut(BaseModel):
+    url: str
+    has_secret: bool
+
+
 class SettingsOut(BaseModel):
     timeout_minutes: float
     retries: int
     concurrency: str
     misfire_grace_minutes: float
     notify: NotifyOut
+    webhook: WebhookOut | None = None
 
 
 class LastExecution(BaseModel):

@@ -32,7 +32,7 @@ def api_key(row: ApiKey) -> schemas.ApiKeyOut:
 
 
 def settings(data: dict[str, object]) -> schemas.SettingsOut:
-    return schemas.SettingsOut.model_validate(settings_from_dict(data).as_dict())
+    return schemas.SettingsOut.model_validate(settings_from_dict(data).public_dict())
 
 
 def job(row: Job) -> schemas.JobOut:

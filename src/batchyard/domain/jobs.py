@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from batchyard.domain.plans import Plan
 from batchyard.errors import Conflict, InvalidInput, NotPublishable
@@ -17,6 +19,8 @@ EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
 MAX_DESCRIPTION = 1000
 MAX_VARIABLES = 200
 MAX_VARIABLE_VALUE = 64 * 1024
+MAX_WEBHOOK_URL = 2000
+MAX_WEBHOOK_SECRET = 256
 
 
 class JobStatus(StrEnum):
@@ -73,18 +77,37 @@ class Notify:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    url: str
+    # The sealed (encrypted) secret, never the secret itself: settings are stored,
+    # snapshotted into revisions and audited as they are.
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
 class JobSettings:
     timeout_minutes: float = 60
     retries: int = 0
     concurrency: Concurrency = Concurrency.FORBID
     misfire_grace_minutes: float = 60
     notify: Notify = field(default_factory=Notify)
+    webhook: Webhook | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["concurrency"] = self.concurrency.value
         data["notify"] = {"on_failure": list(self.notify.on_failure),
                           "on_success": list(self.notify.on_success)}
+        data["webhook"] = None if self.webhook is None else {
+            "url": self.webhook.url, "secret": self.webhook.secret}
+        return data
+
+    def public_dict(self) -> dict[str, Any]:
+        """What users may see (answers, audit): the webhook's secret only as ``has_secret``."""
+        data = self.as_dict()
+        if self.webhook is not None:
+            data["webhook"] = {"url": self.webhook.url,
+                               "has_secret": self.webhook.secret is not None}
         return data
 
     @property
@@ -95,13 +118,16 @@ class JobSettings:
 def settings_from_dict(data: dict[str, Any] | None) -> JobSettings:
     data = dict(data or {})
     notify = data.pop("notify", None) or {}
+    webhook = data.pop("webhook", None)
     known = {k: v for k, v in data.items()
              if k in {"timeout_minutes", "retries", "concurrency", "misfire_grace_minutes"}}
     if "concurrency" in known:
         known["concurrency"] = Concurrency(known["concurrency"])
     return replace(JobSettings(), **known,
                    notify=Notify(tuple(notify.get("on_failure", ())),
-                                 tuple(notify.get("on_success", ()))))
+                                 tuple(notify.get("on_success", ()))),
+                   webhook=Webhook(str(webhook["url"]), webhook.get("secret"))
+                   if isinstance(webhook, dict) and webhook.get("url") else None)
 
 
 def _number(value: object, name: str) -> float:
@@ -119,11 +145,65 @@ def _emails(value: object, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def validate_webhook_url(value: object) -> str:
+    """An absolute http(s) URL without credentials (those belong in the secret)."""
+    field_name = "webhook.url"
+    if not isinstance(value, str) or not value or len(value) > MAX_WEBHOOK_URL:
+        raise InvalidInput(f"{field_name} must be a URL of at most {MAX_WEBHOOK_URL} characters",
+                           field=field_name)
+    if any(char.isspace() for char in value):
+        raise InvalidInput(f"{field_name} must not contain spaces", field=field_name)
+    try:
+        parts = urlsplit(value)
+        if parts.port == 0:  # reading .port also checks it is a number below 65536
+            raise ValueError("port 0")
+    except ValueError as exc:
+        raise InvalidInput(f"{field_name} is not a valid URL: {exc}", field=field_name) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"{field_name} must be an http:// or https:// URL with a host",
+                           field=field_name)
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput(f"{field_name} must not hold credentials; use webhook.secret to "
+                           "authenticate deliveries", field=field_name)
+    return value
+
+
+def _refuse_to_seal(_secret: str) -> str:
+    raise InvalidInput("webhook secrets cannot be stored here", field="webhook.secret")
+
+
+def _webhook(value: object, current: Webhook | None, seal: Callable[[str], str]) -> Webhook:
+    if not isinstance(value, dict):
+        raise InvalidInput("webhook must be an object {url, secret?} or null", field="webhook")
+    unknown = set(value) - {"url", "secret"}
+    if unknown:
+        raise InvalidInput(f"webhook: unknown field(s) {sorted(unknown)}", field="webhook")
+    url = validate_webhook_url(value.get("url"))
+    if "secret" not in value:
+        # Write-only: a client that never saw the secret can change the URL and keep it.
+        return Webhook(url, current.secret if current is not None else None)
+    secret = value["secret"]
+    if secret is None or secret == "":
+        return Webhook(url, None)
+    if not isinstance(secret, str) or len(secret) > MAX_WEBHOOK_SECRET:
+        raise InvalidInput(f"webhook.secret must be a string of at most {MAX_WEBHOOK_SECRET} "
+                           "characters", field="webhook.secret")
+    return Webhook(url, seal(secret))
+
+
 def apply_settings_changes(current: JobSettings, changes: dict[str, Any],
-                           plan: Plan) -> JobSettings:
-    """Validate a partial settings change against the plan and return the new settings."""
+                           plan: Plan, seal: Callable[[str], str] = _refuse_to_seal
+                           ) -> JobSettings:
+    """Validate a partial settings change against the plan and return the new settings.
+
+    ``seal`` encrypts a new webhook secret (the domain holds no key). An explicit
+    ``webhook: null`` removes the webhook; other null values leave a setting as it is.
+    """
     updates: dict[str, Any] = {}
     for key, value in changes.items():
+        if key == "webhook":
+            updates[key] = None if value is None else _webhook(value, current.webhook, seal)
+            continue
         if value is None:
             continue
         if key == "timeout_minutes":

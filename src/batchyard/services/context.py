@@ -47,3 +47,5 @@ class Platform:
     on_cancel: Callable[[str], None] = field(default=lambda _execution_id: None)
     # Called after a publish/unpublish/delete, so a sleeping scheduler looks again.
     on_schedule_change: Callable[[], None] = field(default=lambda: None)
+    # Called after a transaction wrote outbox rows, so the delivery loop sends them now.
+    on_delivery: Callable[[], None] = field(default=lambda: None)

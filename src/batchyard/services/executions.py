@@ -14,7 +14,7 @@ from batchyard.domain.executions import FINISHED, ExecutionStatus
 from batchyard.domain.plans import plan_from_dict
 from batchyard.domain.roles import Permission
 from batchyard.errors import Conflict, InvalidInput
-from batchyard.services import audit
+from batchyard.services import audit, notifications
 from batchyard.services.context import Actor, Platform
 from batchyard.store import scoped
 from batchyard.store.models import (
@@ -118,6 +118,7 @@ def cancel(platform: Platform, actor: Actor, execution_id: str) -> ExecutionDeta
             execution.ended_at = now
             execution.next_attempt_at = None
             _release_reservation(session, execution)
+            notifications.enqueue_execution_end(platform, session, execution.id)
         else:
             execution.cancel_requested = True
             running = True

@@ -218,12 +218,13 @@ def update_settings(platform: Platform, actor: Actor, job_id: str,
         job = scoped.job(session, actor.account_id, job_id)
         plan = plan_from_dict(scoped.account(session, actor.account_id).plan)
         current = settings_from_dict(job.settings)
-        new = apply_settings_changes(current, data, plan)
+        new = apply_settings_changes(current, data, plan, seal=platform.secrets.encrypt)
         if new != current:
             job.settings = new.as_dict()
             _touch(job, platform)
+            # The audit trail shows whether a webhook secret is set, never its token.
             audit.record_by(session, actor, now, "job.settings", job.id, job_id=job.id,
-                            before=current.as_dict(), after=new.as_dict())
+                            before=current.public_dict(), after=new.public_dict())
         return job
 
 

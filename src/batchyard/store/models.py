@@ -193,6 +193,9 @@ class Execution(Base):
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     log_seq: Mapped[int] = mapped_column(Integer, default=0)
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # SDK e-mails sent, across retries: incremented by a conditional UPDATE, so the
+    # limit holds whichever attempt (or thread) asks.
+    emails_sent: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 def execution_row(**fields: Any) -> dict[str, Any]:
@@ -202,7 +205,7 @@ def execution_row(**fields: Any) -> dict[str, Any]:
             "started_at": None, "ended_at": None, "runtime_seconds": 0.0,
             "reserved_seconds": 0.0, "attempt_count": 0, "next_attempt_at": None,
             "lease_owner": None, "lease_expires_at": None, "cancel_requested": False,
-            "log_bytes": 0, "log_seq": 0, "log_truncated": False, **fields}
+            "log_bytes": 0, "log_seq": 0, "log_truncated": False, "emails_sent": 0, **fields}
 
 
 class Attempt(Base):
@@ -285,3 +288,31 @@ class AuditEntry(Base):
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     before: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     after: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+
+
+class Delivery(Base):
+    """The outbox: a summary e-mail or webhook call owed for an ended execution.
+
+    Written in the transaction that ends the execution, so a notification is never
+    lost with a crash and never sent for an end that was rolled back.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        # The delivery loop's work list: due pending rows, by index.
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_account_execution", "account_id", "execution_id"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # pending → sent | failed (tries used up, or nothing can be sent).
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
