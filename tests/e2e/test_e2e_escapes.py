@@ -175,6 +175,18 @@ WRITES_EVERYWHERE = RECORDER + textwrap.dedent("""\
         report()
     """)
 
+LINKS_FILES_INTO_ITS_OUTPUT = RECORDER + textwrap.dedent("""\
+    def main(event):
+        output = os.environ["OUTPUT_DIR"]
+        for number, path in enumerate(event["body"]["paths"]):
+            attempt(path, lambda: os.link(path, os.path.join(output, f"server-{number}")))
+        with open(os.path.join(output, "own.txt"), "w") as handle:
+            handle.write("mine")
+        attempt("own link", lambda: os.link(os.path.join(output, "own.txt"),
+                                            os.path.join(output, "own-link.txt")))
+        report()
+    """)
+
 FORK_BOMB = textwrap.dedent("""\
     import os
     import time
@@ -501,6 +513,27 @@ def test_nothing_outside_the_jobs_own_folders_is_writable(
     assert set(recorded) == {*create, *existing}
     # Whatever the job believed, nothing of it appeared on the host.
     assert [path for path in create if os.path.lexists(path)] == []
+
+
+def test_a_hard_link_in_the_output_folder_is_never_read_into_an_artifact(
+        server: ServerProcess, make_account: AccountFactory) -> None:
+    account = make_account()
+    data_dir = server.data_dir.resolve()
+    paths = [str(data_dir / "batchyard.sqlite3"), str(data_dir / "secret.key")]
+
+    execution = run(account, LINKS_FILES_INTO_ITS_OUTPUT, {"paths": paths})
+
+    recorded = results(account, execution)
+    # The server's files: out of reach (bubblewrap), or refused by fs.protected_hardlinks.
+    assert escaped(recorded) == {"own link": "DONE None"}, recorded
+    # Where that sysctl is 0 such a link would succeed: no hard link is ever read as an
+    # output, the job's own included.
+    listed = account.owner.get(f"/api/v1/executions/{execution['id']}/artifacts")
+    assert [item["name"] for item in listed.json()["items"]] == ["result.json"]
+    warnings = [item["message"] for item in read_logs(account.owner, execution["id"])
+                if item["message"].startswith("Output not kept")]
+    assert warnings == ["Output not kept: own-link.txt (a hard link)",
+                        "Output not kept: own.txt (a hard link)"]
 
 
 # --- 6. a fork bomb --------------------------------------------------------------------

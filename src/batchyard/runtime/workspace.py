@@ -49,7 +49,8 @@ class CollectedOutputs:
 
 
 def collect_outputs(output: Path, max_files: int, max_bytes: int) -> CollectedOutputs:
-    """Keep regular files only (never follow a link the job made), within the caps."""
+    """Keep regular files only, within the caps: never follow a symbolic link the job made,
+    never read a hard link."""
     files: list[OutputFile] = []
     skipped: list[str] = []
     total = 0
@@ -64,6 +65,11 @@ def collect_outputs(output: Path, max_files: int, max_bytes: int) -> CollectedOu
                 continue
             if not stat.S_ISREG(info.st_mode):
                 skipped.append(f"{name} (not a regular file)")
+                continue
+            # A hard link may be to a file the job cannot read (the server's database, where
+            # fs.protected_hardlinks is 0): this process would read it as root.
+            if info.st_nlink != 1:
+                skipped.append(f"{name} (a hard link)")
                 continue
             if len(files) >= max_files:
                 skipped.append(f"{name} (more than {max_files} files)")
