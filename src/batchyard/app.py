@@ -21,6 +21,7 @@ from batchyard.api.routes_executions import router as executions_router
 from batchyard.api.routes_jobs import router as jobs_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
+from batchyard.runtime.envcache import EnvCache
 from batchyard.runtime.pool import PoolTiming, WorkerPool
 from batchyard.runtime.sandbox import JobLimits, Sandbox, detect_sandbox
 from batchyard.runtime.scheduler_loop import SchedulerLoop
@@ -101,6 +102,11 @@ class Server:
             log_line_max_bytes=self.settings.log_line_max_bytes,
             artifact_cap_bytes=self.settings.artifact_cap_bytes,
             artifact_max_files=self.settings.artifact_max_files), sandbox)
+        # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
+        self.supervisor.environments = EnvCache(
+            data_dir / "envs", python, data_dir / "uv-cache",
+            self.settings.env_cache_max_mb * 1024 * 1024,
+            self.settings.env_install_timeout_seconds)
         boot = secrets.token_hex(3)
         self.pool = WorkerPool(self.platform, self.supervisor, f"{self.node_id}:{boot}",
                                self.settings.workers, PoolTiming(

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     log_retention_days: int = Field(default=30, ge=1)
     artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
     artifact_max_files: int = Field(default=100, ge=0)
+    # Dependencies (SPEC 5): environments of jobs' requirements.txt, least recently used
+    # evicted above this total; an install longer than the timeout fails the attempt
+    # (install time is not the job's run time).
+    env_cache_max_mb: int = Field(default=2048, ge=1)
+    env_install_timeout_seconds: float = Field(default=600.0, gt=0)
     python: str | None = None
     # Sandbox (SPEC 5, Isolation): "auto" = bubblewrap where it runs here, else the rlimits
     # launcher; "bubblewrap" refuses to start without it; "none" = the rlimits launcher;

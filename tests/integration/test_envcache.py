@@ -177,6 +177,7 @@ def test_waiting_for_another_install_ends_on_interrupt_and_on_the_deadline(
     cache = make_cache(tmp_path, timeout=0.5)
     key = cache.key_for(SIX)
     # Another process building the same environment holds its lock exclusively.
+    (cache.root / ".locks").mkdir(parents=True)
     builder = os.open(cache.root / ".locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(builder, fcntl.LOCK_EX)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchyard.domain.executions import (
+    DEPENDENCY_INSTALL_FAILED,
     FINISHED,
     AfterAttempt,
     AttemptOutcome,
@@ -77,3 +78,12 @@ def test_no_retry_once_the_budget_is_spent(budget: float) -> None:
 def test_spent_budget_without_retries_left_is_a_plain_failure() -> None:
     assert after_attempt(AttemptOutcome.FAILED, 2, 1, 0.0) == AfterAttempt(
         ExecutionStatus.FAILED, False, "error")
+
+
+def test_a_dependency_install_failure_is_final_whatever_the_retries() -> None:
+    assert after_attempt(AttemptOutcome.FAILED, 1, 3, 100.0,
+                         final_failure=DEPENDENCY_INSTALL_FAILED) == AfterAttempt(
+        ExecutionStatus.FAILED, False, "dependency_install_failed")
+    # Cancelled while installing: the cancel is what the execution records.
+    assert after_attempt(AttemptOutcome.CANCELLED, 1, 3,
+                         final_failure=DEPENDENCY_INSTALL_FAILED).reason == "cancelled"

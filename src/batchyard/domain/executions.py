@@ -32,6 +32,12 @@ class AttemptOutcome(StrEnum):
 
 FINISHED = frozenset(s for s in ExecutionStatus if s.finished)
 
+# The job's requirements.txt could not be installed. Not retried: the next attempt would
+# install the same file from the same index at once (retries have no backoff), and what
+# fails an install (a package or version that does not exist, no binary wheel, conflicting
+# pins) fails it again; a passing index outage is the exception, mended by invoking again.
+DEPENDENCY_INSTALL_FAILED = "dependency_install_failed"
+
 
 @dataclass(frozen=True)
 class AfterAttempt:
@@ -43,16 +49,21 @@ class AfterAttempt:
 
 
 def after_attempt(outcome: AttemptOutcome, attempt_number: int, retries: int,
-                  budget_left_seconds: float | None = None) -> AfterAttempt:
+                  budget_left_seconds: float | None = None,
+                  final_failure: str | None = None) -> AfterAttempt:
     """Decide between a retry and a final status.
 
     ``attempt_number`` counts from 1. A retry starts only while retries remain
     and, when the budget is known, while some of it is left (SPEC §3).
+    ``final_failure`` names a failure that a retry would only repeat (such as
+    ``DEPENDENCY_INSTALL_FAILED``): the execution fails at once, with it as reason.
     """
     if outcome is AttemptOutcome.SUCCEEDED:
         return AfterAttempt(ExecutionStatus.SUCCEEDED, False, None)
     if outcome is AttemptOutcome.CANCELLED:
         return AfterAttempt(ExecutionStatus.CANCELLED, False, "cancelled")
+    if final_failure is not None and outcome is AttemptOutcome.FAILED:
+        return AfterAttempt(ExecutionStatus.FAILED, False, final_failure)
     retry_left = attempt_number <= retries
     budget_ok = budget_left_seconds is None or budget_left_seconds > 0
     if retry_left and budget_ok:

@@ -127,13 +127,21 @@ class EnvCache:
         self._home = root / ".home"
         self._tag: str | None = None
         self._tag_lock = threading.Lock()
-        root.mkdir(parents=True, exist_ok=True)
-        # Jobs without a mount namespace reach their environment by path: traverse only.
-        os.chmod(root, 0o711)
-        for private in (self._locks, self._home, uv_cache):
-            private.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._made = False
         self.uv_environment = _uv_environment(self._home, uv_cache)
-        self._clean_leftovers()
+        if root.is_dir():
+            self._clean_leftovers()
+
+    def _make_folders(self) -> None:
+        """On first use: a server whose jobs have no requirements.txt gets no folders."""
+        if self._made:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Jobs without a mount namespace reach their environment by path: traverse only.
+        os.chmod(self.root, 0o711)
+        for private in (self._locks, self._home, self.uv_cache):
+            private.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._made = True
 
     # --- keys ------------------------------------------------------------------------
     def interpreter_tag(self) -> str:
@@ -156,6 +164,7 @@ class EnvCache:
         """The environment of ``normalised`` requirements, built first if need be; held
         (never evicted) until the block ends. Raise ``InstallFailed`` with the installer's
         last message, or ``InstallInterrupted``."""
+        self._make_folders()
         started = time.monotonic()
         deadline = started + self.install_timeout
         key = self.key_for(normalised)
@@ -309,6 +318,7 @@ class EnvCache:
 
     def _clean_leftovers(self) -> None:
         """Remove what a crashed server left: half-built and half-removed folders."""
+        self._make_folders()
         for entry in os.scandir(self.root):
             if entry.name.startswith(".trash-"):
                 shutil.rmtree(entry.path, ignore_errors=True)

@@ -6,6 +6,7 @@ a timeout), never by polling; the deadline is a timer that kills the whole tree.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import marshal
 import os
@@ -20,8 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batchyard.domain.executions import AttemptOutcome
-from batchyard.errors import BatchyardError
+from batchyard.domain.executions import DEPENDENCY_INSTALL_FAILED, AttemptOutcome
+from batchyard.domain.requirements import normalise_requirements
+from batchyard.errors import BatchyardError, InvalidCode
+from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.logsink import LogSink, LogWriter
 from batchyard.runtime.processes import kill_group_now, kill_tree
 from batchyard.runtime.pump import OutputPump
@@ -60,7 +63,8 @@ class _Stop:
 class Supervisor:
     def __init__(self, python: str, work_root: Path, limits: RuntimeLimits,
                  sandbox: Sandbox | None = None,
-                 requests: Mapping[str, RequestHandler] | None = None) -> None:
+                 requests: Mapping[str, RequestHandler] | None = None,
+                 environments: EnvCache | None = None) -> None:
         self.python = python
         self.work_root = work_root
         self.limits = limits
@@ -69,6 +73,8 @@ class Supervisor:
         self.sandbox = sandbox or Sandbox.unconfined()
         # Requests the job makes over its channel ("db", "email"), answered in the server.
         self.requests: dict[str, RequestHandler] = dict(requests or {})
+        # Dependencies: where jobs' requirements.txt are installed (runtime/envcache.py).
+        self.environments = environments
         self._running: dict[str, Callable[[AttemptOutcome, str], None]] = {}
         self._lock = threading.Lock()
 
@@ -90,28 +96,98 @@ class Supervisor:
                  f"{attempt.execution_id} (revision {attempt.revision}) on {attempt.worker}; "
                  f"isolation: {self.sandbox.description}; "
                  f"deadline {attempt.deadline_seconds:g} s", "info")
+        # Dependencies: the environment stays held (never evicted) until the child has ended.
+        held = contextlib.ExitStack()
+        site_dirs, ended = self._environment(attempt, sink, held)
+        if ended is not None:
+            return replace(ended, logs=sink.close())
         try:
             workspace = create_workspace(self.work_root, attempt.execution_id, attempt.number,
                                          attempt.code)
         except BatchyardError as exc:
+            held.close()
             sink.add("log", f"The code could not be prepared: {exc.message}", "error")
             return AttemptResult(AttemptOutcome.FAILED, 0.0, None,
                                  f"code could not be prepared: {exc.message}",
                                  datetime.now(UTC), logs=sink.close())
         try:
             # Sandbox: the attempt's uid is claimed for the child's lifetime only.
-            with self.sandbox.confine(workspace) as confinement:
+            with self.sandbox.confine(workspace, [Path(d) for d in site_dirs]) as confinement:
                 result = self._run_child(attempt, workspace.code, workspace.output,
-                                         workspace.tmp, sink, confinement)
+                                         workspace.tmp, sink, confinement, site_dirs)
         except BaseException:
             sink.close()
             raise
         finally:
             workspace.remove()
+            held.close()
         return replace(result, logs=sink.close())
 
+    def _environment(self, attempt: ClaimedAttempt, sink: LogSink,
+                     held: contextlib.ExitStack) -> tuple[tuple[str, ...], AttemptResult | None]:
+        """Dependencies: the folder of the job's requirements, installed first when no
+        attempt did before (SPEC 5), entered into ``held``; or how the attempt ended.
+
+        Install time is not the job's run time (the deadline starts with the child): it
+        is bounded by the cache's own install timeout, and a cancel or a shutdown stops it.
+        """
+        if not attempt.requirements:
+            return (), None
+        try:
+            normalised = normalise_requirements(attempt.requirements)
+        except InvalidCode as exc:  # uploaded before such lines were refused at upload
+            return (), self._install_failed(sink, exc.message)
+        if not normalised:
+            return (), None
+        if self.environments is None:
+            return (), self._install_failed(sink, "this worker has no environment cache")
+        interrupt = Interrupt()
+        stop = _Stop()
+
+        def stopper(reason: AttemptOutcome, detail: str) -> None:
+            stop.reason, stop.detail = reason, detail
+            interrupt.fire(detail)
+
+        flushed = [time.monotonic()]
+
+        def on_output(line: str) -> None:
+            sink.add("log", f"pip: {line}", "info")
+            if time.monotonic() - flushed[0] >= LOG_FLUSH_SECONDS:  # a live tail meanwhile
+                flushed[0] = time.monotonic()
+                sink.flush()
+
+        with self._lock:
+            self._running[attempt.execution_id] = stopper
+        try:
+            environment = held.enter_context(
+                self.environments.lease(normalised, on_output, interrupt))
+        except InstallInterrupted:
+            outcome = stop.reason or AttemptOutcome.INTERRUPTED
+            sink.add("log", f"batchyard: attempt {attempt.number} ended while installing its "
+                     f"requirements: {outcome.value} ({stop.detail})", "info")
+            return (), AttemptResult(outcome, 0.0, None, stop.detail, datetime.now(UTC))
+        except InstallFailed as exc:
+            return (), self._install_failed(sink, exc.message)
+        finally:
+            with self._lock:
+                self._running.pop(attempt.execution_id, None)
+        how = (f"installed in {environment.seconds:.1f} s" if environment.built
+               else "cached environment" + (f", ready after {environment.seconds:.1f} s"
+                                            if environment.seconds >= 0.1 else ""))
+        sink.add("log", f"batchyard: requirements: {how} ({environment.key[:12]})", "info")
+        return (str(environment.path),), None
+
+    @staticmethod
+    def _install_failed(sink: LogSink, message: str) -> AttemptResult:
+        sink.add("log", f"batchyard: the job's requirements could not be installed: {message}",
+                 "error")
+        return AttemptResult(AttemptOutcome.FAILED, 0.0, None,
+                             f"{DEPENDENCY_INSTALL_FAILED}: {message}", datetime.now(UTC),
+                             final_failure=DEPENDENCY_INSTALL_FAILED)
+
     def _run_child(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
-                   tmp_dir: Path, sink: LogSink, confinement: Confinement) -> AttemptResult:
+                   tmp_dir: Path, sink: LogSink, confinement: Confinement,
+                   site_dirs: tuple[str, ...] = ()) -> AttemptResult:
         parent_end, child_end = socket.socketpair()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_dir),
                "TMPDIR": str(tmp_dir), "LANG": "C.UTF-8", "TZ": "UTC",
@@ -127,6 +203,9 @@ class Supervisor:
             "attempt": attempt.number, "database_access": attempt.database_access,
             "email_limit": 3,
         }
+        if site_dirs:
+            # Dependencies: the boot adds them with site.addsitedir before importing main.py.
+            context["site_dirs"] = list(site_dirs)
         # The job holds the read end; only this process holds the write end, so the
         # job sees EOF (and kills its group) the moment this server dies.
         liveness_read, liveness_write = os.pipe()

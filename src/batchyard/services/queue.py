@@ -85,6 +85,9 @@ class AttemptResult:
     artifacts: tuple[OutputFile, ...] = field(default=())
     # The attempt's last log records, stored in the same transaction as its end.
     logs: LogBatch | None = None
+    # A failure no retry would mend (domain.executions.DEPENDENCY_INSTALL_FAILED): it ends
+    # the execution and becomes its reason.
+    final_failure: str | None = None
 
 
 @functools.cache
@@ -318,7 +321,8 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
                    - (reserved_today - reserved))
     cancelled = cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
     outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
-    decision = after_attempt(outcome, number, settings.retries, budget_left)
+    decision = after_attempt(outcome, number, settings.retries, budget_left,
+                             result.final_failure)
     if decision.retry:
         connection.execute(_REQUEUE, {"eid": execution_id, "p_at": result.ended_at})
         return
