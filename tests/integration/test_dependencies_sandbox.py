@@ -1,0 +1,146 @@
+"""A job's environment inside each sandbox level: importable, read-only, nothing else listed.
+
+Each level runs inside a real ``Server`` (app.py's composition), whose supervisor installs
+the requirements with the real uv from the real index and runs the job confined.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import secrets
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batchyard.app import Server, job_python
+from batchyard.config import Settings
+from batchyard.domain.executions import AttemptOutcome
+from batchyard.runtime.sandbox import SandboxUnavailable
+from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+
+pytestmark = pytest.mark.timeout(180)
+
+UID_BASE = 2_100_100_000
+JOB = """
+import os, six
+def main():
+    print('six', six.__version__)
+    here = os.path.dirname(six.__file__)
+    for path in [os.path.join(here, 'planted.py'), six.__file__]:
+        try:
+            open(path, 'a').close()
+            print('WROTE', path)
+        except OSError as exc:
+            print('DENIED write', type(exc).__name__)
+    try:
+        print('LISTED', os.listdir(os.path.dirname(here)))
+    except OSError as exc:
+        print('DENIED list', type(exc).__name__)
+"""
+
+
+@functools.cache
+def pypi_unreachable() -> str | None:
+    try:
+        with urllib.request.urlopen("https://pypi.org/simple/six/", timeout=10) as answer:
+            answer.read(1)
+    except OSError as exc:
+        return f"PyPI is not reachable from this machine: {exc}"
+    return None
+
+
+def attempt(requirements: str) -> ClaimedAttempt:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("main.py", JOB)
+        archive.writestr("requirements.txt", requirements)
+    return ClaimedAttempt(
+        execution_id=f"exe_{secrets.token_hex(4)}", account_id="acc_test", job_id="job_test",
+        job_name="test", number=1, worker="test/0", revision=1, code=buffer.getvalue(),
+        main_parameters=0, requirements=requirements, variables={}, secret_values=(),
+        deadline_seconds=30, timeout_seconds=30, params={"body": {}}, source="api",
+        database_access=False, log_seq=0, log_bytes=0, log_truncated=False)
+
+
+def run(server: Server, claimed: ClaimedAttempt) -> tuple[AttemptResult, list[LogRecord]]:
+    stored: list[LogRecord] = []
+
+    def writer(batch: list[LogRecord], first: int, used: int, truncated: bool) -> bool:
+        stored.extend(batch)
+        return True
+
+    result = server.supervisor.run(claimed, writer)
+    assert result.logs is not None
+    stored.extend(result.logs.records)
+    return result, stored
+
+
+def _python_for_job_uids() -> str | None:
+    for candidate in (job_python(None), "/usr/bin/python3.11", "/usr/local/bin/python3.11"):
+        if os.path.exists(candidate) and all(os.stat(parent).st_mode & 0o001
+                             for parent in Path(os.path.realpath(candidate)).parents):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module", params=["bubblewrap", "rlimits"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    reason = pypi_unreachable()
+    if reason:
+        pytest.skip(reason)
+    python: str | None = None
+    if request.param == "bubblewrap" and shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed (Debian package bubblewrap)")
+    if request.param == "rlimits":
+        if os.geteuid() != 0:
+            pytest.skip("the rlimits level switches to a job uid only when run as root")
+        python = _python_for_job_uids()
+        if python is None:
+            pytest.skip("no interpreter on this machine that an unprivileged uid can run")
+    # Outside pytest's 0700 temp root: without a mount namespace the job reaches its
+    # folders (and its environment) by path, so the data folder's parents must be open.
+    base = Path(tempfile.mkdtemp(prefix="batchyard-deps-"))
+    os.chmod(base, 0o755)
+    try:
+        settings = Settings(data_dir=base / "data", workers=1, python=python,
+                            sandbox="bubblewrap" if request.param == "bubblewrap" else "none",
+                            sandbox_uid_base=UID_BASE)
+        try:
+            built = Server(settings)
+        except SandboxUnavailable as exc:
+            pytest.skip(f"bubblewrap cannot run here: {exc.message}")
+        assert built.supervisor.sandbox.level.value == request.param
+        yield built
+        built.db.dispose()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_job_imports_its_environment_which_it_cannot_change_nor_list(
+        server: Server) -> None:
+    result, logs = run(server, attempt("six==1.16.0\n"))
+    stdout = [r.message for r in logs if r.stream == "stdout"]
+    assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
+    # A new file and the package's own module: EROFS or EACCES, by level and by file.
+    assert stdout[0] == "six 1.16.0" and len(stdout) == 4, stdout
+    assert all(line.startswith("DENIED write") for line in stdout[1:3]), stdout
+    assert stdout[3] == "DENIED list PermissionError"  # other environments stay unnamed
+    envs = server.data_dir / "envs"
+    (environment,) = [p for p in envs.iterdir() if not p.name.startswith(".")]
+    assert not (environment / "planted.py").exists()
+
+
+def test_a_second_attempt_uses_the_cached_environment(server: Server) -> None:
+    run(server, attempt("six==1.16.0\n"))
+    result, logs = run(server, attempt("# again\nsix == 1.16.0\n"))
+    assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
+    messages = [r.message for r in logs if r.stream == "log"]
+    assert not any(m.startswith("pip: ") for m in messages), messages
+    assert any("requirements: cached environment" in m for m in messages), messages
