@@ -21,11 +21,16 @@ from batchyard.api.routes_executions import router as executions_router
 from batchyard.api.routes_jobs import router as jobs_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
+from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
 from batchyard.runtime.envcache import EnvCache
+from batchyard.runtime.mailer import JobEmailHandler
 from batchyard.runtime.pool import PoolTiming, WorkerPool
+from batchyard.runtime.requests import RequestHandler
 from batchyard.runtime.sandbox import JobLimits, Sandbox, detect_sandbox
 from batchyard.runtime.scheduler_loop import SchedulerLoop
+from batchyard.runtime.smtp import SmtpConfig, SmtpMailer
 from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
+from batchyard.runtime.webhooks import WebhookPoster
 from batchyard.sdk import JOBPATH
 from batchyard.services import queue
 from batchyard.services.context import Platform
@@ -96,12 +101,19 @@ class Server:
                 cpu_seconds=self.settings.job_cpu_seconds), work_root, data_dir,
             self.settings.sandbox_uid_base)
         log.info("job isolation: %s", sandbox.description)
+        smtp = SmtpConfig.from_settings(self.settings)
+        mailer = SmtpMailer(smtp) if smtp is not None else None
+        if smtp is None:
+            log.warning("no SMTP server configured (BATCHYARD_SMTP_HOST): e-mail is not sent")
+        # Requests job code makes over its channel, answered here with the server's powers.
+        requests: dict[str, RequestHandler] = {"email": JobEmailHandler(
+            self.platform, mailer, work_root, self.settings.email_attachments_max_bytes)}
         self.supervisor = Supervisor(python, work_root, RuntimeLimits(
             kill_grace_seconds=self.settings.kill_grace_seconds,
             log_cap_bytes=self.settings.log_cap_bytes,
             log_line_max_bytes=self.settings.log_line_max_bytes,
             artifact_cap_bytes=self.settings.artifact_cap_bytes,
-            artifact_max_files=self.settings.artifact_max_files), sandbox)
+            artifact_max_files=self.settings.artifact_max_files), sandbox, requests=requests)
         # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
         self.supervisor.environments = EnvCache(
             data_dir / "envs", python, data_dir / "uv-cache",
@@ -116,6 +128,14 @@ class Server:
                                    sweep_interval=self.settings.sweep_interval_seconds))
         self.platform.on_queued = self.pool.wake
         self.platform.on_cancel = self.pool.cancel
+        self.delivery = DeliveryLoop(
+            self.platform, mailer, WebhookPoster(self.settings.webhook_timeout_seconds,
+                                                 self.settings.webhook_allow_private),
+            self.settings.public_url
+            or f"http://{self.settings.host}:{self.settings.port}",
+            DeliveryPolicy(max_tries=self.settings.delivery_max_tries,
+                           backoff_seconds=self.settings.delivery_backoff_seconds))
+        self.platform.on_delivery = self.delivery.wake
         self.scheduler = SchedulerLoop(self.platform) if self.settings.scheduler else None
         if self.scheduler is not None:
             self.platform.on_schedule_change = self.scheduler.wake
@@ -129,6 +149,7 @@ class Server:
         if swept:
             log.warning("recovered %d execution(s) interrupted by the last shutdown", swept)
         self.pool.start()
+        self.delivery.start()
         if self.scheduler is not None:
             self.scheduler.start()
 
@@ -136,6 +157,9 @@ class Server:
         if self.scheduler is not None:
             self.scheduler.stop()
         self.pool.stop()
+        # After the pool, whose last closes write outbox rows: what is not sent by now
+        # waits in the outbox for the next start.
+        self.delivery.stop()
         self.db.dispose()
 
 

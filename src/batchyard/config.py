@@ -41,6 +41,24 @@ class Settings(BaseSettings):
     log_retention_days: int = Field(default=30, ge=1)
     artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
     artifact_max_files: int = Field(default=100, ge=0)
+    # E-mail (SPEC 5, Notifications): no host = nothing is sent, and jobs are told so.
+    smtp_host: str | None = None
+    # None: the usual port of the TLS mode (25, 587 for starttls, 465 for ssl).
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_tls: Literal["none", "starttls", "ssl"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "batchyard@localhost"
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    email_attachments_max_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+    # The outbox: summary e-mails and webhooks are retried with exponential backoff
+    # (base, 2x, 4x, ...) up to this many tries.
+    delivery_max_tries: int = Field(default=5, ge=1, le=50)
+    delivery_backoff_seconds: float = Field(default=30.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Webhooks go out from the server itself, not from the sandbox: by default they may
+    # not reach loopback, private or link-local addresses (this host, its LAN, metadata).
+    webhook_allow_private: bool = False
     # Dependencies (SPEC 5): environments of jobs' requirements.txt, least recently used
     # evicted above this total; an install longer than the timeout fails the attempt
     # (install time is not the job's run time).
@@ -73,7 +91,7 @@ class Settings(BaseSettings):
     def load_file_secrets(self) -> Settings:
         """Apply ``BATCHYARD_*_FILE`` twins so secrets can live in mounted files."""
         updates: dict[str, SecretStr] = {}
-        for name in ("operator_token", "secret_key"):
+        for name in ("operator_token", "secret_key", "smtp_password"):
             path = os.environ.get(f"BATCHYARD_{name.upper()}_FILE")
             if path and getattr(self, name) is None:
                 updates[name] = SecretStr(Path(path).read_text().strip())

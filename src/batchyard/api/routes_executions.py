@@ -1,4 +1,5 @@
-"""Execution endpoints: list, detail, logs (with live tail), cancel, artifacts."""
+"""Execution endpoints: list, detail, logs (with live tail), cancel, artifacts,
+notification deliveries."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import CurrentActor, PlatformDep
-from batchyard.services import executions
+from batchyard.services import executions, notifications
 from batchyard.services.context import Actor, Platform
 from batchyard.store.models import LogLine
 
@@ -88,6 +89,15 @@ def list_artifacts(execution_id: str, actor: CurrentActor,
     return schemas.ArtifactList(items=[
         schemas.ArtifactOut(name=a.name, size=a.size, sha256=a.sha256, attempt=a.attempt)
         for a in executions.list_artifacts(platform, actor, execution_id)])
+
+
+@router.get("/{execution_id}/deliveries", response_model=schemas.DeliveryList)
+def list_deliveries(execution_id: str, actor: CurrentActor,
+                    platform: PlatformDep) -> schemas.DeliveryList:
+    """Summary e-mails and webhook calls owed for the execution's end, and how they went."""
+    return schemas.DeliveryList(items=[
+        schemas.DeliveryOut.model_validate(row, from_attributes=True)
+        for row in notifications.list_deliveries(platform, actor, execution_id)])
 
 
 @router.get("/{execution_id}/artifacts/{name:path}", response_class=Response,

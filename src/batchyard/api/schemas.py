@@ -304,6 +304,22 @@ class ArtifactList(BaseModel):
     items: list[ArtifactOut]
 
 
+class DeliveryOut(BaseModel):
+    id: str
+    kind: Literal["email", "webhook"]
+    event: str
+    status: Literal["pending", "sent", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryOut]
+
+
 class AuditOut(BaseModel):
     at: datetime
     actor: str

@@ -341,11 +341,9 @@ class Supervisor:
             errors.append(f"{record.get('error_type', 'Error')}: {record.get('message', '')}"
                           [:2000])
         elif kind == "email":
-            # Delivery arrives with the SMTP work; until then the request is recorded.
-            sink.add("log", f"E-mail notification ({record.get('email_type')}): "
-                     f"{record.get('subject', '')}", "info",
-                     {"email_type": record.get("email_type"),
-                      "attachments": record.get("attachments", [])})
+            # No mailer registered (a supervisor built without one): the job must not hang.
+            dispatcher.reply({"ok": False, "code": "not_configured",
+                              "error": "E-mail is not available on this server."})
         elif kind == "db":
             # No broker registered (a supervisor built without one): the job must not hang.
             dispatcher.reply({"ok": False,

@@ -61,7 +61,7 @@ class MXUnauthorizedDBAccess(MXException):
 
 
 class MXTooManyRequestsError(MXException):
-    """A per-attempt limit (such as e-mails sent) is used up."""
+    """A per-execution limit (such as e-mails sent) is used up."""
 
 
 class _Context:
@@ -233,7 +233,12 @@ class Email:
     """Notification e-mails, sent by the platform on the job's behalf.
 
     Parameter names (``type``, ``isHtml``) are the vendor's: old code passes them
-    by keyword.
+    by keyword. ``type`` picks the recipients among the job's ``notify`` settings
+    ("failure"/"error"/"warning" → on_failure, "success"/"info" → on_success, any
+    other → both); ``attachments`` are file names in the output folder. The call
+    returns once the mail server took the message; the server counts e-mails per
+    execution (retries included), and this module also counts per attempt so that
+    a job past the limit is told without a round trip.
     """
 
     def send_email_notification(
@@ -246,14 +251,15 @@ class Email:
     ) -> bool:
         if not isinstance(subject, str) or not isinstance(body, str):
             raise MXInvalidDataException("subject and body must be strings")
-        names = [str(item) for item in attachments or ()]
-        with _state.lock:
-            limit = _state.context.email_limit
-            if _state.emails_sent >= limit:
-                raise MXTooManyRequestsError(
-                    f"At most {limit} notification e-mails may be sent per attempt"
-                )
-            _state.emails_sent += 1
+        if isinstance(attachments, (str, bytes)):
+            raise MXInvalidDataException("attachments must be a list of file names")
+        names = [os.fspath(item) if isinstance(item, os.PathLike) else str(item)
+                 for item in attachments or ()]
+        limit = _state.context.email_limit
+        if _state.emails_sent >= limit:
+            raise MXTooManyRequestsError(
+                f"At most {limit} notification e-mails may be sent per execution"
+            )
         record = {
             "type": "email",
             "email_type": str(type),
@@ -262,8 +268,36 @@ class Email:
             "is_html": bool(isHtml),
             "attachments": names,
         }
-        _emit(record, f"EMAIL [{type}] {record['subject']} ({len(names)} attachments)")
+        channel = _state.channel
+        if channel is None:
+            # A developer's laptop: no platform to send it, so show what would be sent.
+            _emit(record, f"EMAIL [{type}] {record['subject']} ({len(names)} attachments)")
+            return True
+        try:
+            reply = channel.request(record)
+        except (OSError, ValueError) as exc:
+            raise MXException(f"The platform did not answer the e-mail request: {exc}") from exc
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            _email_refused(reply)
+        with _state.lock:
+            _state.emails_sent += 1
+        log.info(f"E-mail notification sent: {record['subject']}",
+                 {"type": str(type), "recipients": reply.get("recipients"),
+                  "attachments": names})
         return True
+
+
+def _email_refused(reply: Any) -> None:
+    error = reply.get("error") if isinstance(reply, dict) else None
+    code = reply.get("code") if isinstance(reply, dict) else None
+    message = str(error or "The e-mail was not sent")
+    if code == "too_many_requests":
+        with _state.lock:
+            _state.emails_sent = _state.context.email_limit
+        raise MXTooManyRequestsError(message)
+    if code == "invalid":
+        raise MXInvalidDataException(message)
+    raise MXException(message)
 
 
 class Db:
