@@ -187,6 +187,23 @@ LINKS_FILES_INTO_ITS_OUTPUT = RECORDER + textwrap.dedent("""\
         report()
     """)
 
+CALLS_THE_SERVERS_API = RECORDER + textwrap.dedent("""\
+    import urllib.error
+    import urllib.request
+
+    def status(url):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def main(event):
+        for path in event["body"]["paths"]:
+            RESULTS[path] = status(event["body"]["base_url"] + path)
+        report()
+    """)
+
 FORK_BOMB = textwrap.dedent("""\
     import os
     import time
@@ -534,6 +551,23 @@ def test_a_hard_link_in_the_output_folder_is_never_read_into_an_artifact(
                 if item["message"].startswith("Output not kept")]
     assert warnings == ["Output not kept: own-link.txt (a hard link)",
                         "Output not kept: own.txt (a hard link)"]
+
+
+def test_the_servers_own_api_is_reachable_but_answers_nothing_without_a_key(
+        server: ServerProcess, make_account: AccountFactory) -> None:
+    # Jobs share the host's network (they call third-party APIs): loopback included, so
+    # the server's port answers them. Firewall the job uid range to close it
+    # (runtime/sandbox.py); here, at least, nothing is answered without a key.
+    account = make_account()
+    closed = [f"/api/v1/admin/accounts/{account.id}", "/api/v1/jobs", "/api/v1/executions",
+              "/api/v1/me", "/api/v1/audit"]
+
+    execution = run(account, CALLS_THE_SERVERS_API, {
+        "base_url": server.base_url, "paths": ["/api/v1/health", *closed]})
+
+    recorded = results(account, execution)
+    assert recorded["/api/v1/health"] == 200
+    assert {path: recorded[path] for path in closed} == dict.fromkeys(closed, 401)
 
 
 # --- 6. a fork bomb --------------------------------------------------------------------
