@@ -52,8 +52,10 @@ def running_server(*extra_env: tuple[str, str], workers: int | None = None) -> I
                    "--data-dir", str(data_dir)]
         if workers is not None:
             command += ["--workers", str(workers)]
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        # BATCHYARD_BENCH_SERVER_LOG names a file for the server's output (debugging).
+        log_path = os.environ.get("BATCHYARD_BENCH_SERVER_LOG")
+        log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:

@@ -34,6 +34,7 @@ from batchyard.runtime.webhooks import WebhookPoster
 from batchyard.sdk import JOBPATH
 from batchyard.services import queue
 from batchyard.services.context import Platform
+from batchyard.services.invoke_batcher import InvocationBatcher
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 
@@ -139,6 +140,8 @@ class Server:
         self.scheduler = SchedulerLoop(self.platform) if self.settings.scheduler else None
         if self.scheduler is not None:
             self.platform.on_schedule_change = self.scheduler.wake
+        # Group commit of API invocations (services/invoke_batcher.py).
+        self.invocations = InvocationBatcher(self.platform)
         self.app = create_app(self)
 
     def start_background(self) -> None:
@@ -148,12 +151,14 @@ class Server:
                                  owner_prefix=f"{self.node_id}:")
         if swept:
             log.warning("recovered %d execution(s) interrupted by the last shutdown", swept)
+        self.invocations.start()
         self.pool.start()
         self.delivery.start()
         if self.scheduler is not None:
             self.scheduler.start()
 
     def stop(self) -> None:
+        self.invocations.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         self.pool.stop()
@@ -175,6 +180,7 @@ def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="batchyard", version=__version__, lifespan=lifespan,
                   openapi_url="/api/v1/openapi.json", docs_url="/docs", redoc_url=None)
     app.state.platform = server.platform
+    app.state.invocations = server.invocations
     app.state.operator_token = server.operator_token
     app.state.isolation = server.supervisor.sandbox.description
     app.state.workers = server.settings.workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -14,6 +15,7 @@ from batchyard.domain import schedules
 from batchyard.errors import CodeTooLarge, InvalidCode, InvalidInput
 from batchyard.services import executions, invoke, jobs
 from batchyard.services.context import Platform
+from batchyard.services.invoke_batcher import InvocationBatcher
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -188,6 +190,10 @@ async def invoke_job(job_id: str, request: Request, actor: CurrentActor,
             body = json.loads(raw)
         except ValueError as exc:
             raise InvalidInput(f"The body is not valid JSON: {exc}", field="body") from exc
-    query = dict(request.query_params)
-    execution = await run_in_threadpool(invoke.invoke, platform, actor, job_id, body, query)
+    invocation = invoke.api_invocation(actor, job_id, body, dict(request.query_params))
+    # Group commit: the invocations of concurrent requests share one transaction.
+    batcher: InvocationBatcher = request.app.state.invocations
+    recorded, admission = await asyncio.wrap_future(
+        batcher.submit(actor.account_id, invocation))
+    execution = invoke.answer(recorded, admission)
     return schemas.Queued(execution_id=execution.id, status=execution.status)

@@ -169,18 +169,29 @@ def admit_many(platform: Platform, session: Session, account_id: str,
     return results
 
 
-def invoke(platform: Platform, actor: Actor, job_id: str, body: Any,
-           query: dict[str, str]) -> Recorded:
-    """Answer at once: the execution is queued, or recorded as blocked and raised."""
+def api_invocation(actor: Actor, job_id: str, body: Any, query: dict[str, str]) -> Invocation:
+    """An API call's invocation, once the caller may invoke at all (role checks only)."""
     check(actor.role, Permission.WRITE)
     if actor.super_admin_only:
         actor.require(Permission.WRITE)
+    return Invocation(job_id=job_id, source="api",
+                      params={"body": body, "query_string_parameters": query})
+
+
+def answer(recorded: Recorded, admission: Admission) -> Recorded:
+    """The API's answer to an admitted invocation; a blocked one is raised (429/409/403)."""
+    if not admission.admitted:
+        raise Blocked(admission, recorded.id)
+    return recorded
+
+
+def invoke(platform: Platform, actor: Actor, job_id: str, body: Any,
+           query: dict[str, str]) -> Recorded:
+    """Answer at once: the execution is queued, or recorded as blocked and raised."""
+    invocation = api_invocation(actor, job_id, body, query)
     now = platform.clock.now()
-    invocation = Invocation(job_id=job_id, source="api",
-                            params={"body": body, "query_string_parameters": query})
     with platform.db.write() as session:
         execution, admission = admit(platform, session, actor.account_id, invocation, now)
-    if not admission.admitted:
-        raise Blocked(admission, execution.id)
-    platform.on_queued()
-    return execution
+    if admission.admitted:
+        platform.on_queued()
+    return answer(execution, admission)
