@@ -21,6 +21,8 @@ from batchyard.api.routes_executions import router as executions_router
 from batchyard.api.routes_jobs import router as jobs_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
+from batchyard.runtime.dbbroker import DatabaseBroker
+from batchyard.runtime.dbrun import QueryLimits
 from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
 from batchyard.runtime.envcache import EnvCache
 from batchyard.runtime.mailer import JobEmailHandler
@@ -142,6 +144,13 @@ class Server:
             self.platform.on_schedule_change = self.scheduler.wake
         # Group commit of API invocations (services/invoke_batcher.py).
         self.invocations = InvocationBatcher(self.platform)
+        # Database access (SPEC 6): jobs' queries run here, on their account's database.
+        self.db_broker = DatabaseBroker(self.platform, QueryLimits(
+            statement_timeout_seconds=self.settings.db_statement_timeout_seconds,
+            connect_timeout_seconds=self.settings.db_connect_timeout_seconds,
+            max_rows=self.settings.db_max_rows,
+            max_reply_bytes=self.settings.db_max_reply_bytes))
+        self.supervisor.requests["db"] = self.db_broker
         self.app = create_app(self)
 
     def start_background(self) -> None:
@@ -165,6 +174,8 @@ class Server:
         # After the pool, whose last closes write outbox rows: what is not sent by now
         # waits in the outbox for the next start.
         self.delivery.stop()
+        # After the pool: no attempt is left to query.
+        self.db_broker.close()
         self.db.dispose()
 
 

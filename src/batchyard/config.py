@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     sandbox_uid_base: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
     # Fire scheduled jobs in this process (any number of processes may).
     scheduler: bool = True
+    # Database access (SPEC 6): limits of each query the broker runs for a job.
+    db_statement_timeout_seconds: float = Field(default=300.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    db_max_rows: int = Field(default=100_000, ge=1)
+    db_max_reply_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
     @property
     def resolved_database_url(self) -> str:

@@ -21,16 +21,21 @@ log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
 RequestHandler = Callable[[ClaimedAttempt, Mapping[str, Any]], Reply]
+# A reply may carry ``(message, level)`` under this key: a line for the execution's log
+# (a query's row count and time), written there before the reply and never sent to the job.
+LOG_NOTE = "_log"
 
 
 class RequestDispatcher:
     """Runs one attempt's requests on threads and writes each reply as one JSON line."""
 
     def __init__(self, handlers: Mapping[str, RequestHandler], attempt: ClaimedAttempt,
-                 send: Callable[[bytes], object]) -> None:
+                 send: Callable[[bytes], object],
+                 note: Callable[[str, str], None] | None = None) -> None:
         self._handlers = handlers
         self._attempt = attempt
         self._send = send
+        self._note = note
         self._send_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -62,4 +67,7 @@ class RequestDispatcher:
             log.exception("request %s of %s failed", record.get("type"),
                           self._attempt.execution_id)
             answer = {"ok": False, "error": f"The platform could not handle the request: {exc}"}
+        note = answer.pop(LOG_NOTE, None)
+        if note is not None and self._note is not None:
+            self._note(str(note[0]), str(note[1]))
         self.reply(answer)

@@ -249,7 +249,9 @@ class Supervisor:
         timer.start()
         errors: list[str] = []
         assert process.stdout is not None and process.stderr is not None
-        dispatcher = RequestDispatcher(self.requests, attempt, parent_end.sendall)
+        dispatcher = RequestDispatcher(self.requests, attempt, parent_end.sendall,
+                                       note=lambda message, level: sink.add("log", message,
+                                                                            level))
 
         def on_line(stream: str, line: bytes) -> None:
             if stream == "channel":

@@ -20,6 +20,7 @@ from batchyard.domain.schedules import validate_timezone
 from batchyard.errors import Conflict, InvalidInput, NotAuthenticated, NotFound
 from batchyard.services import audit
 from batchyard.services.context import Actor, Platform
+from batchyard.services.databases import driver_url
 from batchyard.services.ids import new_id
 from batchyard.store import scoped
 from batchyard.store.models import Account, ApiKey, User
@@ -129,6 +130,9 @@ def _set_databases(platform: Platform, account: Account, value: object,
         if url is not None and (not isinstance(url, str) or "://" not in url):
             raise InvalidInput(f"databases.{name} must be a database URL or null",
                                field=f"databases.{name}")
+        if url:
+            # Refused here rather than at a job's first query: the operator is the one to fix it.
+            driver_url(url, field=f"databases.{name}")
         setattr(account, f"db_{name}", platform.secrets.encrypt(url) if url else None)
         # Never the URL itself: it carries credentials.
         before[f"databases.{name}"] = "(changed)"

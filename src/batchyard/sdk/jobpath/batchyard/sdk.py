@@ -304,7 +304,9 @@ class Db:
     """Queries against the account's ``main`` and ``etl`` databases, run by the platform.
 
     The job never holds connection credentials: the supervisor runs the query and
-    answers on the channel.
+    answers on the channel. One statement answers its rows (a pandas DataFrame when
+    pandas is importable, else a list of dicts); ``multi=True`` runs several
+    statements and answers a list with one such result per statement.
     """
 
     def execute_DB_query(self, sql: str, multi: bool = False) -> Any:
@@ -328,7 +330,12 @@ def _query(target: str, sql: str, multi: bool) -> Any:
         raise MXException(f"The platform did not answer the query: {exc}") from exc
     if not isinstance(reply, dict) or not reply.get("ok"):
         error = reply.get("error") if isinstance(reply, dict) else None
+        if isinstance(reply, dict) and reply.get("unauthorized"):
+            # The server's decision, whatever this process's context said.
+            raise MXUnauthorizedDBAccess(str(error or "Database access is not enabled"))
         raise MXException(str(error or "The database query failed"))
+    if multi:
+        return [_as_frame(rows or []) for rows in reply.get("results") or []]
     return _as_frame(reply.get("rows") or [])
 
 
