@@ -141,11 +141,12 @@ def read_output_file(output: Path, name: object, max_bytes: int) -> bytes:
                                 f"(missing, or a link): {exc.strerror}") from exc
     finally:
         os.close(folder)
+    info = os.fstat(fd)
+    # A second hard link could be a file the job may not read itself.
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise AttachmentRefused(f"attachment {name!r} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        # A second hard link could be a file the job may not read itself.
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            raise AttachmentRefused(f"attachment {name!r} is not a regular file")
         content = handle.read(max_bytes + 1)
     if len(content) > max_bytes:
         raise AttachmentRefused("the attachments are larger than the server allows")
