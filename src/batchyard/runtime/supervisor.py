@@ -100,6 +100,7 @@ class Supervisor:
         held = contextlib.ExitStack()
         site_dirs, ended = self._environment(attempt, sink, held)
         if ended is not None:
+            held.close()
             return replace(ended, logs=sink.close())
         try:
             workspace = create_workspace(self.work_root, attempt.execution_id, attempt.number,
@@ -171,6 +172,8 @@ class Supervisor:
         finally:
             with self._lock:
                 self._running.pop(attempt.execution_id, None)
+        if stop.reason is not None:  # stopped just as the install ended: the job never starts
+            return (), AttemptResult(stop.reason, 0.0, None, stop.detail, datetime.now(UTC))
         how = (f"installed in {environment.seconds:.1f} s" if environment.built
                else "cached environment" + (f", ready after {environment.seconds:.1f} s"
                                             if environment.seconds >= 0.1 else ""))
