@@ -288,6 +288,22 @@ LEAVES_A_STUBBORN_SESSION = textwrap.dedent("""\
     """)
 
 
+CLEANS_UP_ON_SIGTERM = textwrap.dedent("""\
+    import os
+    import signal
+    import time
+
+    def main():
+        def on_term(signum, frame):
+            with open(os.path.join(os.environ["OUTPUT_DIR"], "cleanup.txt"), "w") as handle:
+                handle.write("interrupted at item 1")
+            raise SystemExit(3)
+
+        signal.signal(signal.SIGTERM, on_term)
+        time.sleep(60)
+    """)
+
+
 # --- servers ---------------------------------------------------------------------------
 def _level_env(level: str) -> dict[str, str]:
     env = {"BATCHYARD_JOB_MEMORY_BYTES": str(MEMORY_LIMIT),
@@ -685,6 +701,20 @@ def test_a_job_in_its_own_session_ignoring_sigterm_is_killed_at_the_deadline(
         read_logs(account.owner, execution_id), "stdout"))
     wait_until(lambda: not _processes_with(marker), 3,
                lambda: f"{_processes_with(marker)} outlived the deadline")
+
+
+def test_a_job_handling_sigterm_gets_its_grace_at_the_deadline(
+        server: ServerProcess, make_account: AccountFactory) -> None:
+    account = make_account()
+
+    execution = run(account, CLEANS_UP_ON_SIGTERM, settings={"timeout_minutes": TIMEOUT_MINUTES})
+
+    assert execution["status"] == "timed_out", execution
+    (attempt,) = execution["attempts"]
+    # Its handler ran (and exited 3) before the SIGKILL that follows the grace.
+    assert attempt["exit_code"] == 3, attempt
+    cleanup = account.owner.get(f"/api/v1/executions/{execution['id']}/artifacts/cleanup.txt")
+    assert cleanup.status_code == 200 and cleanup.text == "interrupted at item 1"
 
 
 # --- and the platform carries on -------------------------------------------------------

@@ -58,9 +58,11 @@ log = logging.getLogger("batchyard.sandbox")
 # never generated: its arguments come in argv as "resource:soft:hard,..." and "uid:gid"
 # (or "-": keep the uid). Soft = hard so job code cannot raise a limit back (CPU time:
 # hard one second later, so that SIGXCPU, reported as cpu_time_exceeded, comes first).
+# SIGTERM gets its default action back: bwrap is started with it ignored (_bwrap_base).
 PRELUDE = (
     "def _confine(limits, ids):\n"
-    "    import os, resource\n"
+    "    import _signal, os, resource\n"
+    "    _signal.signal(15, _signal.SIG_DFL)\n"
     "    for item in limits.split(',') if limits else ():\n"
     "        which, soft, hard = map(int, item.split(':'))\n"
     "        resource.setrlimit(which, (soft, hard))\n"
@@ -396,7 +398,10 @@ def detect_sandbox(mode: str, python: str, limits: JobLimits, work_root: Path,
 
 
 def _bwrap_base(bwrap: str, read_only: Sequence[str], as_root: bool) -> list[str]:
-    args = [bwrap, *_BWRAP_NAMESPACES]
+    # The deadline's SIGTERM would kill bwrap at once, and the PID namespace with it: no
+    # grace for the job. Ignoring it (inherited through exec; the prelude restores it in
+    # the job), bwrap stays while the job, signalled directly, cleans up; SIGKILL ends all.
+    args = [*_ignoring_sigterm(), bwrap, *_BWRAP_NAMESPACES]
     # Root keeps the init user namespace (bind sources resolve as root, the job's uid is a
     # real host uid); anyone else needs a user namespace of their own.
     args += list(_ROOT_CAPS) if as_root else ["--unshare-user", "--disable-userns"]
@@ -422,6 +427,20 @@ def _bwrap_base(bwrap: str, read_only: Sequence[str], as_root: bool) -> list[str
         if not any(tree in Path(path).parents for tree in trees):  # not already inside one
             args += ["--ro-bind", path, path]
     return args
+
+
+def _ignoring_sigterm() -> list[str]:
+    """``env --ignore-signal=TERM`` (coreutils 8.31 and later) where it works, else nothing
+    (bwrap then dies of the SIGTERM: the job gets no grace)."""
+    env = shutil.which("env")
+    if env is None:
+        return []
+    try:
+        done = subprocess.run([env, "--ignore-signal=TERM"], capture_output=True,
+                              timeout=PROBE_TIMEOUT_SECONDS)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [env, "--ignore-signal=TERM"] if done.returncode == 0 else []
 
 
 def _ancestors(paths: Sequence[str], bound: Sequence[Path], made: frozenset[str]) -> list[str]:
