@@ -30,7 +30,8 @@ DbReply = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class FakeSupervisor(threading.Thread):
-    """The supervisor's end of the channel: records every line, answers db requests."""
+    """The supervisor's end of the channel: records every line, answers db and e-mail
+    requests."""
 
     def __init__(self, sock: socket.socket, db_reply: DbReply | None) -> None:
         super().__init__(daemon=True)
@@ -46,6 +47,9 @@ class FakeSupervisor(threading.Thread):
                 if record.get("type") == "db" and self.db_reply is not None:
                     reply = json.dumps(self.db_reply(record)) + "\n"
                     self.sock.sendall(reply.encode())
+                elif record.get("type") == "email":
+                    # The real supervisor's mailer answers once the message is handed over.
+                    self.sock.sendall(b'{"ok": true, "recipients": 1}\n')
 
 
 @dataclass
