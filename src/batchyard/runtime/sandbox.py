@@ -28,8 +28,11 @@ entry; USER/LOGNAME name it. A server not running as root keeps its own uid for 
 Not covered: the network namespace is the host's (loopback services included: firewall
 the uid range, e.g. ``iptables -A OUTPUT -o lo -m owner --uid-owner BASE-END -j REJECT``);
 at the rlimits level the host's world-writable /tmp, /var/tmp and /dev/shm stay writable
-and world-readable host files readable, as for any unprivileged user; disk use is bounded
-per file (RLIMIT_FSIZE) and by the output cap at collection, not in total.
+and world-readable host files readable, as for any unprivileged user, and no_new_privs is
+not set (the host's setuid programs run as for such a user); disk use is bounded per file
+(RLIMIT_FSIZE) and by the output cap at collection, not in total. At both levels a job may
+create user namespaces (``unshare -U``: more of the kernel in reach; bwrap as root cannot
+``--disable-userns``): ``sysctl user.max_user_namespaces=0`` on the host closes that.
 """
 
 from __future__ import annotations
