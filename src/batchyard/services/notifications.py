@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, event, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from batchyard.domain.jobs import JobSettings
 from batchyard.domain.notifications import (
     WEBHOOK_STATUSES,
     Audience,
@@ -66,12 +67,17 @@ class NoRecipients(EmailRefused):
 
 
 # --- the outbox: writing ---------------------------------------------------------------
-def enqueue_execution_end(platform: Platform, session: Session, execution_id: str) -> int:
+def enqueue_execution_end(platform: Platform, session: Session, execution_id: str,
+                          status: str | None = None,
+                          settings: JobSettings | None = None) -> int:
     """Write the deliveries an execution that just ended owes; return how many.
 
     Called inside the transaction that set the final state, so the state read here
-    is that transaction's own.
+    is that transaction's own. A caller that knows the final status and the revision's
+    settings passes them: most executions owe nothing, and then no query is made.
     """
+    if status is not None and settings is not None and not _owes_anything(status, settings):
+        return 0
     row = session.execute(select(
         Execution.account_id, Execution.job_id, Execution.job_name, Execution.revision,
         Execution.status, Execution.reason, Execution.message, Execution.source,
@@ -82,11 +88,11 @@ def enqueue_execution_end(platform: Platform, session: Session, execution_id: st
         return 0
     settings = platform.revisions.get(session, row.account_id, row.job_id,
                                       row.revision).settings
+    if not _owes_anything(row.status, settings):
+        return 0
     audience = summary_audience(row.status)
     mail_to = recipients(audience, settings.notify) if audience is not None else ()
     webhook = settings.webhook if row.status in WEBHOOK_STATUSES else None
-    if not mail_to and webhook is None:
-        return 0
     tail = list(session.scalars(
         select(LogLine.message).where(LogLine.account_id == row.account_id,
                                       LogLine.execution_id == execution_id)
@@ -117,6 +123,12 @@ def enqueue_execution_end(platform: Platform, session: Session, execution_id: st
     # find nothing, after a rollback there is nothing to find.
     event.listen(session, "after_commit", lambda _session: platform.on_delivery(), once=True)
     return len(rows)
+
+
+def _owes_anything(status: str, settings: JobSettings) -> bool:
+    audience = summary_audience(status)
+    mails = audience is not None and bool(recipients(audience, settings.notify))
+    return mails or (settings.webhook is not None and status in WEBHOOK_STATUSES)
 
 
 # --- the outbox: delivering ------------------------------------------------------------
