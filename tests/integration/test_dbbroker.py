@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import make_url
 
 from batchyard.domain.clock import FixedClock
+from batchyard.errors import InvalidInput
 from batchyard.runtime.dbbroker import DatabaseBroker, EnginePools
 from batchyard.runtime.dbrun import QueryLimits
 from batchyard.runtime.requests import LOG_NOTE
@@ -374,3 +375,29 @@ def test_driver_errors_never_show_the_password(
     assert "***" in reply["error"], reply["error"]
     assert password not in repr(reply)
     assert password not in caplog.text
+
+
+def test_a_sqlite_job_cannot_open_other_files_of_the_server(
+        broker: DatabaseBroker, platform: Platform, make_account: Callable[..., Account],
+        tmp_path: Path) -> None:
+    account = account_with(platform, make_account, main=f"sqlite:///{tmp_path / 'm.db'}")
+    store = tmp_path / "batchyard.sqlite3"  # the platform's own store, beside it
+
+    attached = ask(broker, account, f"attach database '{store}' as store")
+    copied = ask(broker, account, f"vacuum into '{tmp_path / 'copy.db'}'")
+
+    assert attached["ok"] is False and "not authorized" in attached["error"]
+    assert copied["ok"] is False
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_the_operator_cannot_store_an_unsupported_database_url(
+        platform: Platform, make_account: Callable[..., Account]) -> None:
+    account = make_account()
+
+    with pytest.raises(InvalidInput) as refused:
+        accounts.update_account(platform, account.id, {
+            "databases": {"etl": "oracle://etl:Oracle-Secret@db.example.com/x"}})
+
+    assert refused.value.extra["field"] == "databases.etl"
+    assert "Oracle-Secret" not in refused.value.message

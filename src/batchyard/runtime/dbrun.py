@@ -112,6 +112,15 @@ def _mysql_on_connect(timeout: float, dbapi_connection: Any, _record: Any) -> No
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # Transactions are begun explicitly, so DDL is inside them too (see _run_sqlite).
     dbapi_connection.isolation_level = None
+    dbapi_connection.set_authorizer(_sqlite_authorizer)
+
+
+def _sqlite_authorizer(action: int, *_details: object) -> int:
+    """No ATTACH (nor VACUUM INTO, which attaches): the file is on the server's own disk,
+    and a job must not open any other file there, such as the platform's own store."""
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
 
 
 def run_query(engine: Engine, sql: str, multi: bool,
