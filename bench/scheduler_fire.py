@@ -41,7 +41,7 @@ def seed(db: Database, jobs: int) -> None:
     plan = {"max_jobs": jobs, "max_executions_per_day": jobs,
             "max_invocations_per_job_per_day": 10, "daily_runtime_budget_minutes": 10_000_000}
     settings = {**settings_from_dict(None).as_dict(), "timeout_minutes": 1,
-                "concurrency": "allow"}
+                "concurrency": os.environ.get("BENCH_CONCURRENCY", "allow")}
     with db.write() as session:
         session.execute(insert(Account), [{
             "id": "acc_bench", "name": "bench", "timezone": "UTC", "batch_jobs_enabled": True,

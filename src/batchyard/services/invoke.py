@@ -17,7 +17,7 @@ from batchyard.domain.admission import (
     account_day,
     decide_admission,
 )
-from batchyard.domain.jobs import settings_from_dict
+from batchyard.domain.jobs import Concurrency, settings_from_dict
 from batchyard.domain.plans import plan_from_dict
 from batchyard.domain.roles import Permission, check
 from batchyard.errors import BatchyardError, NotFound
@@ -123,15 +123,20 @@ def admit_many(platform: Platform, session: Session, account_id: str,
     executions, runtime, reserved = usage.account_day_row(session, account_id, day)
     per_job: dict[str, int] = {job_id: int(count) for job_id, count in connection.execute(
         _JOB_EXECUTIONS, {"jids": job_ids, "day": day})}
+    revisions = platform.revisions.load(session, [
+        (account_id, job.id, job.revision) for job in jobs.values() if job.revision is not None])
+    # Only jobs that forbid overlapping runs need their running executions counted.
+    forbidding = sorted(job.id for job in jobs.values() if job.revision is not None and revisions[
+        (account_id, job.id, job.revision)].settings.concurrency is Concurrency.FORBID)
     active: dict[str, int] = {job_id: int(count) for job_id, count in connection.execute(
-        _ACTIVE, {"aid": account_id, "jids": job_ids})}
+        _ACTIVE, {"aid": account_id, "jids": forbidding})} if forbidding else {}
     results: list[tuple[Recorded, Admission]] = []
     rows: list[dict[str, Any]] = []
     admitted_per_job: dict[str, int] = {}
     added_executions, added_reserved = 0, 0.0
     for invocation in invocations:
         job = jobs[invocation.job_id]
-        revision = platform.revisions.get(session, account_id, job.id, job.revision) \
+        revision = revisions[(account_id, job.id, job.revision)] \
             if job.revision is not None else None
         settings = revision.settings if revision else _UNPUBLISHED_SETTINGS
         admission = decide_admission(

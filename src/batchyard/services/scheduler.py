@@ -83,7 +83,7 @@ _DUE_JOBS = (select(Job.id, Job.account_id, Job.name, Job.status, Job.revision,
                     Job.next_fire_at)
              .where(Job.status == "published", Job.deleted_at.is_(None),
                     Job.next_fire_at <= bindparam("now", type_=UTCDateTime()))
-             .order_by(Job.next_fire_at, Job.id).limit(JOBS_PER_TRANSACTION))
+             .order_by(Job.next_fire_at).limit(JOBS_PER_TRANSACTION))
 _TAKEN_KEYS = select(_EXECUTION.c.idempotency_key).where(
     _EXECUTION.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 _TIMEZONES = select(Account.id, Account.timezone).where(
