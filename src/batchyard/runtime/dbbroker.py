@@ -124,22 +124,26 @@ class EnginePools:
         fingerprint = hashlib.sha256(url.encode()).hexdigest()
         now = self._clock()
         retired: list[Engine] = []
-        with self._lock:
-            pool = self._pools.pop((account_id, target), None)
-            if pool is not None and pool.fingerprint != fingerprint:
-                retired.append(pool.engine)
-                pool = None
-            if pool is None:
-                pool = _Pool(fingerprint, create_query_engine(
-                    databases.driver_url(url, field=f"databases.{target}"), self._limits), now)
-            pool.used = now
-            # Re-inserted last: the dict's order is least recently used first.
-            self._pools[(account_id, target)] = pool
-            for key, other in list(self._pools.items()):
-                if len(self._pools) > self._max or now - other.used > self._idle:
-                    retired.append(self._pools.pop(key).engine)
-        for engine in retired:
-            engine.dispose()
+        try:
+            with self._lock:
+                pool = self._pools.pop((account_id, target), None)
+                if pool is not None and pool.fingerprint != fingerprint:
+                    retired.append(pool.engine)
+                    pool = None
+                if pool is None:
+                    pool = _Pool(fingerprint, create_query_engine(
+                        databases.driver_url(url, field=f"databases.{target}"),
+                        self._limits), now)
+                pool.used = now
+                # Re-inserted last: the dict's order is least recently used first.
+                self._pools[(account_id, target)] = pool
+                for key, other in list(self._pools.items()):
+                    if len(self._pools) > self._max or now - other.used > self._idle:
+                        retired.append(self._pools.pop(key).engine)
+        finally:
+            # Outside the lock: disposing closes connections, which may wait on the network.
+            for engine in retired:
+                engine.dispose()
         return pool.engine
 
     def __len__(self) -> int:
