@@ -116,7 +116,8 @@ class Server:
             log_cap_bytes=self.settings.log_cap_bytes,
             log_line_max_bytes=self.settings.log_line_max_bytes,
             artifact_cap_bytes=self.settings.artifact_cap_bytes,
-            artifact_max_files=self.settings.artifact_max_files), sandbox, requests=requests)
+            artifact_max_files=self.settings.artifact_max_files,
+            disk_bytes=self.settings.job_max_disk_bytes), sandbox, requests=requests)
         # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
         self.supervisor.environments = EnvCache(
             data_dir / "envs", python, data_dir / "uv-cache",
@@ -142,8 +143,6 @@ class Server:
         self.scheduler = SchedulerLoop(self.platform) if self.settings.scheduler else None
         if self.scheduler is not None:
             self.platform.on_schedule_change = self.scheduler.wake
-        # Group commit of API invocations (services/invoke_batcher.py).
-        self.invocations = InvocationBatcher(self.platform)
         # Database access (SPEC 6): jobs' queries run here, on their account's database.
         self.db_broker = DatabaseBroker(self.platform, QueryLimits(
             statement_timeout_seconds=self.settings.db_statement_timeout_seconds,
@@ -151,6 +150,8 @@ class Server:
             max_rows=self.settings.db_max_rows,
             max_reply_bytes=self.settings.db_max_reply_bytes))
         self.supervisor.requests["db"] = self.db_broker
+        # Group commit of API invocations (services/invoke_batcher.py).
+        self.invocations = InvocationBatcher(self.platform)
         self.app = create_app(self)
 
     def start_background(self) -> None:

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     log_retention_days: int = Field(default=30, ge=1)
     artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
     artifact_max_files: int = Field(default=100, ge=0)
+    # Dependencies (SPEC 5): environments of jobs' requirements.txt, least recently used
+    # evicted above this total; an install longer than the timeout fails the attempt
+    # (install time is not the job's run time).
+    env_cache_max_mb: int = Field(default=2048, ge=1)
+    env_install_timeout_seconds: float = Field(default=600.0, gt=0)
     # E-mail (SPEC 5, Notifications): no host = nothing is sent, and jobs are told so.
     smtp_host: str | None = None
     # None: the usual port of the TLS mode (25, 587 for starttls, 465 for ssl).
@@ -59,11 +64,6 @@ class Settings(BaseSettings):
     # Webhooks go out from the server itself, not from the sandbox: by default they may
     # not reach loopback, private or link-local addresses (this host, its LAN, metadata).
     webhook_allow_private: bool = False
-    # Dependencies (SPEC 5): environments of jobs' requirements.txt, least recently used
-    # evicted above this total; an install longer than the timeout fails the attempt
-    # (install time is not the job's run time).
-    env_cache_max_mb: int = Field(default=2048, ge=1)
-    env_install_timeout_seconds: float = Field(default=600.0, gt=0)
     python: str | None = None
     # Sandbox (SPEC 5, Isolation): "auto" = bubblewrap where it runs here, else the rlimits
     # launcher; "bubblewrap" refuses to start without it; "none" = the rlimits launcher;
@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     job_max_open_files: int = Field(default=1024, ge=64)
     job_max_file_bytes: int = Field(default=256 * 1024 ** 2, ge=1024 ** 2)
     job_cpu_seconds: int = Field(default=0, ge=0)
+    # What an attempt's working, output and tmp folders may hold together (0: no limit).
+    job_max_disk_bytes: int = Field(default=2 * 1024 ** 3, ge=0)
     # When the server runs as root each attempt gets its own uid from this base + n.
     sandbox_uid_base: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
     # Fire scheduled jobs in this process (any number of processes may).

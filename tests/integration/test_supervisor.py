@@ -136,3 +136,24 @@ def test_workspace_is_removed_after_the_attempt(supervisor: Supervisor,
                                                 tmp_path: Path) -> None:
     run(supervisor, attempt("def main():\n    open('scratch.txt', 'w').write('x')\n"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_job_filling_its_folders_past_the_limit_is_killed_with_the_reason(
+        tmp_path: Path) -> None:
+    supervisor = Supervisor(job_python(None), tmp_path, RuntimeLimits(
+        kill_grace_seconds=0.3, log_cap_bytes=64 * 1024, log_line_max_bytes=1024,
+        artifact_cap_bytes=1024 * 1024, artifact_max_files=2, disk_bytes=8 * 1024 * 1024))
+    result, _ = run(supervisor, attempt("""
+import os, time
+def main():
+    n = 0
+    while True:  # one MiB a file, a file every 50 ms, for ever
+        with open(os.path.join(os.environ["OUTPUT_DIR"], f"part{n}"), "wb") as handle:
+            handle.write(os.urandom(1024 * 1024))
+        n += 1
+        time.sleep(0.05)
+""", deadline=30))
+    assert result.outcome is AttemptOutcome.FAILED
+    assert result.error is not None and result.error.startswith("disk_limit_exceeded:")
+    # Checked every second: killed long before its 30 s deadline, a few MiB past the limit.
+    assert result.runtime_seconds < 10

@@ -24,6 +24,7 @@ from typing import Any
 from batchyard.domain.executions import DEPENDENCY_INSTALL_FAILED, AttemptOutcome
 from batchyard.domain.requirements import normalise_requirements
 from batchyard.errors import BatchyardError, InvalidCode
+from batchyard.runtime.diskwatch import describe_violation, disk_usage
 from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.logsink import LogSink, LogWriter
 from batchyard.runtime.processes import kill_group_now, kill_tree
@@ -40,6 +41,7 @@ BOOT_COMMAND = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
 # Longest SDK record read from the channel; longer ones are cut (and then not JSON).
 CHANNEL_LINE_LIMIT = 1024 * 1024
 LOG_FLUSH_SECONDS = 0.2
+DISK_CHECK_SECONDS = 1.0
 _LEVELS = {"debug", "info", "warn", "error", "fatal"}
 
 
@@ -50,6 +52,8 @@ class RuntimeLimits:
     log_line_max_bytes: int
     artifact_cap_bytes: int
     artifact_max_files: int
+    # Bytes the attempt's writable folders may hold (0: no limit); see runtime/diskwatch.py.
+    disk_bytes: int = 0
 
 
 @dataclass
@@ -263,10 +267,22 @@ class Supervisor:
                 sink.add(stream, line.decode("utf-8", "replace"))
 
         line_limit = self.limits.log_line_max_bytes
+        watched = (code_dir, output_dir, tmp_dir)
+        next_disk_check = [time.monotonic() + DISK_CHECK_SECONDS]
+
+        def tick() -> None:
+            sink.flush()
+            if time.monotonic() < next_disk_check[0]:
+                return
+            violation = describe_violation(disk_usage(watched), self.limits.disk_bytes)
+            if violation is not None:
+                stopper(AttemptOutcome.FAILED, violation)
+            next_disk_check[0] = time.monotonic() + DISK_CHECK_SECONDS
+
         pump = OutputPump([(process.stdout.fileno(), "stdout", line_limit),
                            (process.stderr.fileno(), "stderr", line_limit),
                            (parent_end.fileno(), "channel", CHANNEL_LINE_LIMIT)],
-                          on_line, sink.flush, LOG_FLUSH_SECONDS)
+                          on_line, tick, LOG_FLUSH_SECONDS)
         pump.start()
         try:
             exit_code = confinement.exit_status(process.wait())

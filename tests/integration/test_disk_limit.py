@@ -1,0 +1,51 @@
+"""The disk an attempt's folders may hold: measured while it runs, enforced by a kill."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from batchyard.runtime import diskwatch
+from batchyard.runtime.diskwatch import DiskUsage, describe_violation, disk_usage
+
+MIB = 1024 * 1024
+
+
+def test_usage_counts_allocated_blocks_in_nested_folders_without_following_links(
+        tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "data").write_bytes(os.urandom(3 * MIB))
+    (tmp_path / "small").write_bytes(b"x")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(os.urandom(5 * MIB))
+    (tmp_path / "link").symlink_to(outside)
+    usage = disk_usage([tmp_path])
+    assert 3 * MIB <= usage.bytes < 3 * MIB + 64 * 1024
+    assert usage.entries == 5  # a, b, data, small, link
+
+
+def test_a_sparse_file_counts_what_it_takes_not_its_length(tmp_path: Path) -> None:
+    with open(tmp_path / "sparse", "wb") as handle:
+        handle.truncate(1024 * MIB)
+    assert disk_usage([tmp_path]).bytes < MIB
+
+
+def test_the_walk_stops_at_its_entry_bound(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(diskwatch, "MAX_ENTRIES", 50)
+    for n in range(80):
+        (tmp_path / str(n)).touch()
+    usage = disk_usage([tmp_path])
+    assert usage.entries == 51 and usage.entries_exceeded
+    assert describe_violation(usage, 0) is not None
+
+
+def test_violation_names_the_limit_only_past_it() -> None:
+    assert describe_violation(DiskUsage(2 * MIB, 3), 2 * MIB) is None
+    assert describe_violation(DiskUsage(3 * MIB, 3), 0) is None  # no limit configured
+    message = describe_violation(DiskUsage(3 * MIB, 3), 2 * MIB)
+    assert message == ("disk_limit_exceeded: the attempt's folders hold 3 MiB, over the "
+                       "limit of 2 MiB")
