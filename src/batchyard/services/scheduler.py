@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from batchyard.domain import schedules
 from batchyard.domain.admission import account_day
+from batchyard.domain.schedules import Schedule
 from batchyard.services.context import Platform
 from batchyard.services.ids import new_id
 from batchyard.services.invoke import Invocation, admit_many
@@ -88,8 +89,12 @@ _TAKEN_KEYS = select(_EXECUTION.c.idempotency_key).where(
     _EXECUTION.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 _TIMEZONES = select(Account.id, Account.timezone).where(
     Account.id.in_(bindparam("ids", expanding=True)))
-_ADVANCE = update(Job).where(Job.id == bindparam("jid")).values(
-    next_fire_at=bindparam("p_next"))
+# Jobs due together mostly fire next together too: one statement for each shared next
+# instant, and one batch of single-row updates for the instants only one job has.
+_ADVANCE_MANY = update(Job).where(Job.id.in_(bindparam("jids", expanding=True))).values(
+    next_fire_at=bindparam("p_next", type_=UTCDateTime()))
+_ADVANCE_ONE = update(Job).where(Job.id == bindparam("jid")).values(
+    next_fire_at=bindparam("p_next", type_=UTCDateTime()))
 
 
 @dataclass
@@ -116,7 +121,9 @@ def _fire_batch(platform: Platform, now: datetime) -> FireReport:
             return FireReport()
         platform.revisions.load(session, [(row.account_id, row.id, row.revision)
                                           for row in due_jobs])
-        plans = [_plan(platform, session, row, now) for row in due_jobs]
+        # Jobs sharing a schedule share its next instants: each is computed once a batch.
+        next_fires: dict[tuple[Schedule, datetime], datetime | None] = {}
+        plans = [_plan(platform, session, row, now, next_fires) for row in due_jobs]
         keys = [idempotency_key(plan.job_id, at) for plan in plans
                 for at in [*plan.late, *plan.on_time[-1:]]]
         taken = set(connection.execute(_TAKEN_KEYS, {"keys": keys}).scalars()) if keys else set()
@@ -154,20 +161,33 @@ def _fire_batch(platform: Platform, now: datetime) -> FireReport:
                                            invocations[account_id], now, job_rows):
                 report = report + FireReport(queued=int(admission.admitted),
                                              blocked=int(not admission.admitted))
-        connection.execute(_ADVANCE, [{"jid": plan.job_id, "p_next": plan.next_fire_at}
-                                      for plan in plans])
+        advancing: dict[datetime | None, list[str]] = {}
+        for plan in plans:
+            advancing.setdefault(plan.next_fire_at, []).append(plan.job_id)
+        singles = [{"jid": job_ids[0], "p_next": next_fire_at}
+                   for next_fire_at, job_ids in advancing.items() if len(job_ids) == 1]
+        if singles:
+            connection.execute(_ADVANCE_ONE, singles)
+        for next_fire_at, job_ids in advancing.items():
+            if len(job_ids) > 1:
+                connection.execute(_ADVANCE_MANY, {"jids": job_ids, "p_next": next_fire_at})
     return report
 
 
-def _plan(platform: Platform, session: Session, row: Any, now: datetime) -> _Plan:
+def _plan(platform: Platform, session: Session, row: Any, now: datetime,
+          next_fires: dict[tuple[Schedule, datetime], datetime | None]) -> _Plan:
     revision = platform.revisions.get(session, row.account_id, row.id, row.revision)
+    schedule = revision.parsed_schedule
     grace = timedelta(minutes=revision.settings.misfire_grace_minutes)
     due: list[datetime] = []
     instant: datetime | None = row.next_fire_at
     while instant is not None and instant <= now and len(due) < MAX_INSTANTS_PER_JOB:
         due.append(instant)
         # Advanced from the scheduled instant, never from the clock.
-        instant = schedules.next_fire_of(revision.parsed_schedule, instant)
+        key = (schedule, instant)
+        if key not in next_fires:
+            next_fires[key] = schedules.next_fire_of(schedule, instant)
+        instant = next_fires[key]
     return _Plan(row.id, row.account_id, row.name, row.revision,
                  late=[at for at in due if now - at > grace],
                  on_time=[at for at in due if now - at <= grace], next_fire_at=instant)
