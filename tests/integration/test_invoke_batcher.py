@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -114,3 +115,34 @@ def test_a_batch_keeps_arrival_order_within_an_account(
     statuses = [future.result()[0].status for future in futures]
     # The first three in arrival order are admitted, never a later one ahead of them.
     assert statuses == ["queued", "queued", "queued", "blocked", "blocked"]
+
+
+def test_a_request_cancelled_while_waiting_is_not_admitted_and_its_neighbours_are(
+        platform: Platform, make_account: Callable[..., Account],
+        make_actor: Callable[..., Actor], make_published_job: Callable[..., Job]) -> None:
+    if not platform.db.is_sqlite:
+        pytest.skip("holds SQLite's in-process write lock to keep the requests waiting")
+    actor = make_actor(make_account(plan={"max_executions_per_day": 100,
+                                          "max_invocations_per_job_per_day": 100}))
+    job = make_published_job(actor, settings={"concurrency": "allow"})
+    batcher = InvocationBatcher(platform)
+    batcher.start()
+    lock = platform.db._write_lock  # the batcher's transaction waits behind it
+    try:
+        with lock:
+            first = batcher.submit(actor.account_id, api_call(job, 1))
+            deadline = time.monotonic() + 10
+            while first.running() is False and time.monotonic() < deadline:
+                time.sleep(0.01)  # the batcher took it and waits for the lock
+            waiting = [batcher.submit(actor.account_id, api_call(job, n)) for n in (2, 3, 4)]
+            assert waiting[1].cancel()  # its client went away before its turn
+        decisions = [first.result(timeout=30), waiting[0].result(timeout=30),
+                     waiting[2].result(timeout=30)]
+    finally:
+        batcher.stop()
+    assert [recorded.status for recorded, _ in decisions] == ["queued"] * 3
+    assert waiting[1].cancelled()
+    with platform.db.read() as session:
+        bodies = sorted(params["body"]["n"] for params in session.scalars(
+            select(Execution.params).where(Execution.account_id == actor.account_id)))
+    assert bodies == [1, 2, 4]

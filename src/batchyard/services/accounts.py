@@ -10,7 +10,8 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.orm import Session
 
 from batchyard.domain.jobs import EMAIL_PATTERN
@@ -140,10 +141,16 @@ def _set_databases(platform: Platform, account: Account, value: object,
 
 
 def describe_database_url(url: str) -> str:
-    """Driver and host only, never user or password."""
-    scheme, _, rest = url.partition("://")
-    host = rest.rsplit("@", 1)[-1].split("/", 1)[0]
-    return f"{scheme}://{host}"
+    """Driver, host and port only: never the user, the password, the path or the query
+    (``?password=...`` is a form drivers accept, so the query is as secret as the rest)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "(unparsable URL)"
+    host = parsed.host or ""
+    if parsed.port is not None:
+        host = f"{host}:{parsed.port}"
+    return f"{parsed.drivername}://{host}"
 
 
 def create_user(platform: Platform, account_id: str, data: dict[str, Any]) -> tuple[User, str]:

@@ -63,12 +63,15 @@ class InvocationBatcher:
                 self._pending.append(pending)
                 self._wake.notify()
         if not running:  # not started (a test) or shutting down: admit on this thread
+            pending.future.set_running_or_notify_cancel()
             self._admit([pending])
         return pending.future
 
     def admit_together(self, requests: list[tuple[str, Invocation]]) -> list[Future[Decision]]:
         """Admit (account id, invocation) pairs as one batch on this thread."""
         batch = [_Pending(account_id, invocation, Future()) for account_id, invocation in requests]
+        for pending in batch:
+            pending.future.set_running_or_notify_cancel()
         self._admit(batch)
         return [pending.future for pending in batch]
 
@@ -79,8 +82,14 @@ class InvocationBatcher:
                     self._wake.wait()
                 if not self._pending:
                     return
-                batch = self._pending[:self._max_batch]
+                taken = self._pending[:self._max_batch]
                 del self._pending[:self._max_batch]
+            # A request whose client went away (its future cancelled) is not admitted; the
+            # others' futures are marked running so that they can no longer be cancelled.
+            batch = [pending for pending in taken
+                     if pending.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             try:
                 self._admit(batch)
             except BaseException as exc:  # never leave a caller waiting for ever
@@ -111,7 +120,8 @@ class InvocationBatcher:
             for pending in batch:
                 self._admit([pending])
             return
-        for pending, decision in decided:
-            pending.future.set_result(decision)
+        # Committed: workers are woken before anyone is answered.
         if any(admission.admitted for _, (_, admission) in decided):
             platform.on_queued()
+        for pending, decision in decided:
+            pending.future.set_result(decision)
