@@ -49,3 +49,28 @@ def test_violation_names_the_limit_only_past_it() -> None:
     message = describe_violation(DiskUsage(3 * MIB, 3), 2 * MIB)
     assert message == ("disk_limit_exceeded: the attempt's folders hold 3 MiB, over the "
                        "limit of 2 MiB")
+
+
+def test_a_deleted_file_still_held_open_counts_for_the_process_holding_it(
+        tmp_path: Path) -> None:
+    held = open(tmp_path / "scratch", "wb")  # noqa: SIM115
+    try:
+        held.write(os.urandom(3 * MIB))
+        held.flush()
+        os.unlink(tmp_path / "scratch")
+        assert disk_usage([tmp_path]).bytes < MIB  # invisible to the walk alone
+        assert disk_usage([tmp_path], [os.getpid()]).bytes >= 3 * MIB
+        # Only files under the watched folders count, not whatever else the process holds.
+        assert disk_usage([tmp_path / "elsewhere"], [os.getpid()]).bytes == 0
+    finally:
+        held.close()
+
+
+def test_a_folder_the_walk_is_refused_is_a_violation(tmp_path: Path) -> None:
+    # Root reads any folder whatever its mode; a file where a folder should be is refused
+    # the same way (an OSError other than "not found") and must not be skipped silently.
+    (tmp_path / "code").write_text("not a folder")
+    usage = disk_usage([tmp_path / "code"])
+    message = describe_violation(usage, 10 * MIB)
+    assert usage.unreadable == str(tmp_path / "code")
+    assert message is not None and message.startswith("disk_limit_exceeded:")

@@ -47,6 +47,7 @@ UID_COUNT = 10_000
 MEMORY_LIMIT = 256 * 1024 ** 2
 PROCESS_LIMIT = 64
 FILE_LIMIT = 1024 ** 2
+DISK_LIMIT = 8 * 1024 ** 2
 
 
 def zipped(main_py: str) -> bytes:
@@ -114,7 +115,8 @@ def _server(base: Path, mode: str, python: str | None) -> Server:
     settings = Settings(data_dir=base / "data", workers=1, sandbox=mode,  # type: ignore[arg-type]
                         python=python, job_memory_bytes=MEMORY_LIMIT,
                         job_max_processes=PROCESS_LIMIT, job_max_file_bytes=FILE_LIMIT,
-                        sandbox_uid_base=UID_BASE, kill_grace_seconds=0.3)
+                        sandbox_uid_base=UID_BASE, kill_grace_seconds=0.3,
+                        job_max_disk_bytes=DISK_LIMIT)
     return Server(settings)
 
 
@@ -434,3 +436,26 @@ def main():
 """))
     assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
     assert stdout(logs) == ["True", "True True", "locked"]
+
+
+def test_disk_hidden_in_deleted_open_files_is_measured_and_the_job_killed(
+        server: Server) -> None:
+    # Files under the file-size limit, each deleted at once but kept open: no folder
+    # listing shows them, the disk holds them until the job ends.
+    result, logs = run(server, attempt("""
+import os, time
+def main():
+    held = []
+    for n in range(40):
+        path = os.path.join(os.environ["OUTPUT_DIR"], f"part{n}")
+        handle = open(path, "wb")
+        os.unlink(path)
+        handle.write(os.urandom(512 * 1024))
+        handle.flush()
+        held.append(handle)
+        time.sleep(0.05)
+    time.sleep(30)
+""", deadline=30))
+    assert result.outcome is AttemptOutcome.FAILED, (result.error, logs)
+    assert result.error is not None and result.error.startswith("disk_limit_exceeded:")
+    assert result.runtime_seconds < 10

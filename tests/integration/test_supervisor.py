@@ -157,3 +157,25 @@ def main():
     assert result.error is not None and result.error.startswith("disk_limit_exceeded:")
     # Checked every second: killed long before its 30 s deadline, a few MiB past the limit.
     assert result.runtime_seconds < 10
+
+
+def test_a_job_hiding_disk_in_a_deleted_open_file_is_killed_with_the_reason(
+        tmp_path: Path) -> None:
+    supervisor = Supervisor(job_python(None), tmp_path, RuntimeLimits(
+        kill_grace_seconds=0.3, log_cap_bytes=64 * 1024, log_line_max_bytes=1024,
+        artifact_cap_bytes=1024 * 1024, artifact_max_files=2, disk_bytes=8 * 1024 * 1024))
+    result, _ = run(supervisor, attempt("""
+import os, time
+def main():
+    path = os.path.join(os.environ["OUTPUT_DIR"], "hidden")
+    handle = open(path, "wb")
+    os.unlink(path)  # gone from every folder listing, still on disk while open
+    for _ in range(40):
+        handle.write(os.urandom(1024 * 1024))
+        handle.flush()
+        time.sleep(0.05)
+    time.sleep(30)
+""", deadline=30))
+    assert result.outcome is AttemptOutcome.FAILED
+    assert result.error is not None and result.error.startswith("disk_limit_exceeded:")
+    assert result.runtime_seconds < 10

@@ -5,7 +5,10 @@ thousands of them until the host's disk is full and every other attempt, and the
 server's own database, fail with it. The supervisor measures the attempt's folders
 every second and kills it past the operator's limit. The walk never follows
 links and stops counting at a bound on entries, so a job cannot make the check
-itself expensive: too many entries is a violation of its own.
+itself expensive: too many entries is a violation of its own. Files a job deleted
+but still holds open take disk the walk cannot see, so they are found through the
+open descriptors of its processes; a folder the walk may not read (a job can
+``chmod 000`` what it owns) cannot be measured and is a violation too.
 """
 
 from __future__ import annotations
@@ -22,16 +25,19 @@ MAX_ENTRIES = 100_000
 class DiskUsage:
     bytes: int
     entries: int
+    unreadable: str | None = None  # a folder the walk was refused
 
     @property
     def entries_exceeded(self) -> bool:
         return self.entries > MAX_ENTRIES
 
 
-def disk_usage(folders: Iterable[Path]) -> DiskUsage:
-    """Bytes allocated (blocks, so sparse files count what they take) under ``folders``."""
+def disk_usage(folders: Iterable[Path], pids: Iterable[int] = ()) -> DiskUsage:
+    """Bytes allocated (blocks, so sparse files count what they take) under ``folders``,
+    plus deleted files under them that the processes ``pids`` still hold open."""
+    roots = [str(folder) for folder in folders]
     total, entries = 0, 0
-    stack = [str(folder) for folder in folders]
+    stack = list(roots)
     while stack:
         folder = stack.pop()
         try:
@@ -42,18 +48,51 @@ def disk_usage(folders: Iterable[Path]) -> DiskUsage:
                         return DiskUsage(total, entries)
                     try:
                         info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # removed meanwhile
                     except OSError:
-                        continue  # removed meanwhile, or unreadable: nothing to count
+                        return DiskUsage(total, entries, unreadable=entry.path)
                     total += info.st_blocks * 512
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
-        except OSError:
+        except FileNotFoundError:
             continue
-    return DiskUsage(total, entries)
+        except OSError:
+            return DiskUsage(total, entries, unreadable=folder)
+    return DiskUsage(total + _deleted_open_bytes(roots, pids), entries)
+
+
+def _deleted_open_bytes(roots: list[str], pids: Iterable[int]) -> int:
+    """Blocks of files under ``roots`` that were deleted while ``pids`` keep them open."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    prefixes = tuple(root.rstrip("/") + "/" for root in roots)
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            descriptors = os.listdir(fd_dir)
+        except OSError:
+            continue  # the process ended meanwhile
+        for descriptor in descriptors:
+            path = f"{fd_dir}/{descriptor}"
+            try:
+                target = os.readlink(path)
+                if not (target.endswith(" (deleted)") and target.startswith(prefixes)):
+                    continue
+                info = os.stat(path)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+    return total
 
 
 def describe_violation(usage: DiskUsage, limit_bytes: int) -> str | None:
     """The reason to stop an attempt, or None while it stays within its limit."""
+    if usage.unreadable is not None:
+        return (f"disk_limit_exceeded: the attempt made {usage.unreadable} unreadable, so its "
+                "disk use cannot be measured")
     if usage.entries_exceeded:
         return (f"disk_limit_exceeded: the attempt's folders hold more than {MAX_ENTRIES:,} "
                 "files and folders")

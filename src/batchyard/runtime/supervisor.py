@@ -27,7 +27,7 @@ from batchyard.errors import BatchyardError, InvalidCode
 from batchyard.runtime.diskwatch import describe_violation, disk_usage
 from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.logsink import LogSink, LogWriter
-from batchyard.runtime.processes import kill_group_now, kill_tree
+from batchyard.runtime.processes import descendants, kill_group_now, kill_tree
 from batchyard.runtime.pump import OutputPump
 from batchyard.runtime.requests import RequestDispatcher, RequestHandler
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
@@ -272,9 +272,10 @@ class Supervisor:
 
         def tick() -> None:
             sink.flush()
-            if time.monotonic() < next_disk_check[0]:
+            if not self.limits.disk_bytes or time.monotonic() < next_disk_check[0]:
                 return
-            violation = describe_violation(disk_usage(watched), self.limits.disk_bytes)
+            usage = disk_usage(watched, {process.pid} | descendants(process.pid))
+            violation = describe_violation(usage, self.limits.disk_bytes)
             if violation is not None:
                 stopper(AttemptOutcome.FAILED, violation)
             next_disk_check[0] = time.monotonic() + DISK_CHECK_SECONDS
