@@ -146,3 +146,29 @@ def test_a_request_cancelled_while_waiting_is_not_admitted_and_its_neighbours_ar
         bodies = sorted(params["body"]["n"] for params in session.scalars(
             select(Execution.params).where(Execution.account_id == actor.account_id)))
     assert bodies == [1, 2, 4]
+
+
+def test_an_account_whose_row_is_held_delays_only_its_own_invocations(
+        platform: Platform, make_account: Callable[..., Account],
+        make_actor: Callable[..., Actor], make_published_job: Callable[..., Job]) -> None:
+    if platform.db.is_sqlite:
+        pytest.skip("SQLite has one writer: every invocation waits for it whatever its account")
+    held_actor = make_actor(make_account())
+    free_actor = make_actor(make_account())
+    held_job = make_published_job(held_actor, settings={"concurrency": "allow"})
+    free_job = make_published_job(free_actor, settings={"concurrency": "allow"})
+    batcher = InvocationBatcher(platform)
+    batcher.start()
+    try:
+        # Another transaction (a scheduler admitting a large batch, say) holds the row.
+        with platform.db.write() as session:
+            session.execute(select(Account.id).where(Account.id == held_actor.account_id)
+                            .with_for_update())
+            held = batcher.submit(held_actor.account_id, api_call(held_job))
+            time.sleep(0.2)
+            free = batcher.submit(free_actor.account_id, api_call(free_job))
+            assert free.result(timeout=5)[0].status == "queued"
+            assert not held.done()
+        assert held.result(timeout=10)[0].status == "queued"
+    finally:
+        batcher.stop()
