@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -116,17 +117,28 @@ def _mysql_target() -> Iterator[Target]:
         admin_db.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
-                        pytest.param("mysql", marks=pytest.mark.mysql)])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+def _seeded(kind: str, tmp_path: Path) -> Iterator[Target]:
     makers = {"sqlite": lambda: _sqlite_target(tmp_path), "postgresql": _postgres_target,
               "mysql": _mysql_target}
-    made = makers[request.param]()
+    made = makers[kind]()
     found = next(made)
     for statement in SEED:
         found.execute(statement)
     yield found
     next(made, None)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql)])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    yield from _seeded(request.param, tmp_path)
+
+
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql)])
+def server_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """A database server: its timeout is a session setting the job's SQL can change."""
+    yield from _seeded(request.param, tmp_path)
 
 
 @pytest.fixture
@@ -256,6 +268,102 @@ def test_a_statement_past_the_timeout_is_stopped(
     assert reply["ok"] is False, reply
     assert "time" in reply["error"].lower()
     assert time.monotonic() - started < 4
+
+
+# The job's own SQL turns the server's timeout off first, then sleeps for 30 s.
+UNBOUNDED = {"postgresql": "set statement_timeout = 0; select pg_sleep(30)",
+             "mysql": "set session max_statement_time = 0; select sleep(30)"}
+# Still running on the server? (The pattern does not match this query's own text.)
+STILL_SLEEPING = {
+    "postgresql": "select count(*) from pg_stat_activity where query like '%pg_sl' || "
+                  "'eep(30)%' and pid <> pg_backend_pid()",
+    "mysql": "select count(*) from information_schema.processlist "
+             "where info like concat('%sl', 'eep(30)%')"}
+SESSION = {"postgresql": "select current_setting('statement_timeout') as timeout, "
+                         "pg_backend_pid() as session",
+           "mysql": "select @@session.max_statement_time as timeout, "
+                    "connection_id() as session"}
+
+
+def wait_until_not_sleeping(target: Target) -> int:
+    """How many copies of the sleep the server still runs, after at most 5 s."""
+    until = time.monotonic() + 5
+    while (left := int(target.execute(STILL_SLEEPING[target.kind])[0][0])) \
+            and time.monotonic() < until:
+        time.sleep(0.1)
+    return left
+
+
+def test_a_job_that_turns_the_servers_timeout_off_is_still_stopped_at_the_timeout(
+        broker: DatabaseBroker, platform: Platform, make_account: Callable[..., Account],
+        server_target: Target) -> None:
+    account = account_with(platform, make_account, main=server_target.url)
+
+    started = time.monotonic()
+    reply = ask(broker, account, UNBOUNDED[server_target.kind], multi=True)
+    took = time.monotonic() - started
+
+    assert reply["ok"] is False, reply
+    assert reply["error"] == ("The query ran longer than the statement timeout of 1 s and "
+                              "was cancelled.")
+    # The timeout (1 s) plus the guard's slack (1 s), and the cancel's round trip.
+    assert 1.9 < took < 4, took
+    assert wait_until_not_sleeping(server_target) == 0
+    # The request was rolled back and its connection dropped; the next one works.
+    assert ask(broker, account, "select count(*) as n from leads")["rows"] == [{"n": 2}]
+
+
+def test_a_session_setting_of_one_request_does_not_reach_the_next_on_the_same_connection(
+        broker: DatabaseBroker, platform: Platform, make_account: Callable[..., Account],
+        server_target: Target) -> None:
+    account = account_with(platform, make_account, main=server_target.url)
+    turned_off = {"postgresql": "set statement_timeout = 0; set search_path = public",
+                  "mysql": "set session max_statement_time = 0; set autocommit = 1"}
+
+    before = ask(broker, account, SESSION[server_target.kind])["rows"][0]
+    assert ask(broker, account, turned_off[server_target.kind], multi=True)["ok"]
+    after = ask(broker, account, SESSION[server_target.kind])["rows"][0]
+
+    assert after["session"] == before["session"]  # the pooled connection was reused
+    assert after["timeout"] == before["timeout"]
+    assert str(after["timeout"]) in ("1s", "1.0", "1")
+    # The URL's search_path is back (leads is in the test's own schema), and on MySQL a
+    # failing request is still rolled back whole (autocommit is off again).
+    assert ask(broker, account, "select count(*) as n from leads")["rows"] == [{"n": 2}]
+    failed = ask(broker, account, "insert into leads values (5, 'Tmp', 0, '2025-01-01');"
+                 "select * from no_such_table", multi=True)
+    assert failed["ok"] is False
+    assert lead_count(server_target) == 2
+    # And the timeout holds again without the guard's help: the server's own message.
+    slow = ask(broker, account, SLOW[server_target.kind])
+    assert slow["ok"] is False and "cancelled." not in slow["error"], slow
+
+
+def test_the_end_of_its_attempt_cancels_a_running_query(
+        platform: Platform, make_account: Callable[..., Account], target: Target) -> None:
+    account = account_with(platform, make_account, main=target.url)
+    patient = DatabaseBroker(platform, QueryLimits(60.0, 5.0, max_rows=1000,
+                                                   max_reply_bytes=1024 * 1024))
+    sql = UNBOUNDED.get(target.kind, SLOW["sqlite"])
+    replies: list[dict[str, Any]] = []
+    try:
+        asking = threading.Thread(target=lambda: replies.append(
+            ask(patient, account, sql, multi=True)))
+        asking.start()
+        until = time.monotonic() + 5
+        while not patient.cancel_attempt(attempt_of(account)) and time.monotonic() < until:
+            time.sleep(0.05)
+        started = time.monotonic()
+        asking.join(10)
+        assert time.monotonic() - started < 3
+        assert replies and replies[0]["ok"] is False
+        assert replies[0]["error"] == "The query was cancelled: its attempt ended."
+        if target.kind != "sqlite":
+            assert wait_until_not_sleeping(target) == 0
+        # Another attempt of the same account is not affected.
+        assert ask(patient, account, "select count(*) as n from leads")["rows"] == [{"n": 2}]
+    finally:
+        patient.close()
 
 
 def test_a_plan_without_database_access_connects_nowhere_whatever_the_job_claims(

@@ -32,6 +32,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from batchyard.errors import BatchyardError
+from batchyard.runtime.dbguard import ATTEMPT_ENDED, QueryStopped, RequestGuard
 from batchyard.runtime.dbrun import QueryLimits, QueryRefused, create_query_engine, run_query
 from batchyard.runtime.dbvalues import ReplyTooLarge
 from batchyard.runtime.requests import LOG_NOTE, Reply
@@ -81,7 +82,7 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """The driver's own message, without SQLAlchemy's wrapping (not yet scrubbed)."""
-    if isinstance(exc, QueryRefused | ReplyTooLarge):
+    if isinstance(exc, QueryRefused | QueryStopped | ReplyTooLarge):
         return str(exc)
     if isinstance(exc, BatchyardError):
         return exc.message
@@ -163,9 +164,20 @@ class DatabaseBroker:
         self.platform = platform
         self.limits = limits
         self.pools = EnginePools(limits)
+        # The guards of the requests running now, by attempt: its end stops them.
+        self._running: dict[tuple[str, int], set[RequestGuard]] = {}
+        self._running_lock = threading.Lock()
 
     def close(self) -> None:
         self.pools.close()
+
+    def cancel_attempt(self, attempt: ClaimedAttempt, why: str = ATTEMPT_ENDED) -> int:
+        """Stop the queries an attempt still runs (it ended); return how many."""
+        with self._running_lock:
+            guards = list(self._running.get((attempt.execution_id, attempt.number), ()))
+        for guard in guards:
+            guard.stop(why)
+        return len(guards)
 
     def __call__(self, attempt: ClaimedAttempt, record: Mapping[str, Any]) -> Reply:
         target, sql, multi = record.get("target"), record.get("sql"), record.get("multi")
@@ -190,16 +202,26 @@ class DatabaseBroker:
     def _query(self, attempt: ClaimedAttempt, target: str, url: str, sql: str,
                multi: bool) -> Reply:
         started = time.monotonic()
+        guard = RequestGuard(self.limits.statement_timeout_seconds)
+        running = (attempt.execution_id, attempt.number)
+        with self._running_lock:
+            self._running.setdefault(running, set()).add(guard)
         try:
             results = run_query(self.pools.engine(attempt.account_id, target, url), sql,
-                                multi, self.limits)
+                                multi, self.limits, guard)
         except Exception as exc:  # every failure is answered, scrubbed
             error = scrub(describe_error(exc), credentials_in(url))[:MAX_ERROR_CHARS]
-            if not isinstance(exc, DBAPIError | psycopg.Error | sqlite3.Error
-                              | pymysql.MySQLError | QueryRefused | ReplyTooLarge):
+            if not isinstance(exc, DBAPIError | psycopg.Error | sqlite3.Error | pymysql.MySQLError
+                              | QueryRefused | QueryStopped | ReplyTooLarge):
                 log.warning("query of %s on %s failed: %s", attempt.execution_id, target, error)
             return {"ok": False, "error": error, LOG_NOTE: (
                 f"query on {target} failed after {_ms(started)} ms: {error}", "warn")}
+        finally:
+            with self._running_lock:
+                guards = self._running.get(running, set())
+                guards.discard(guard)
+                if not guards:
+                    self._running.pop(running, None)
         rows = sum(len(result.rows) for result in results)
         summary = f"{len(results)} statements, {rows} rows" if multi else f"{rows} rows"
         note = (f"query on {target}: {summary} in {_ms(started)} ms", "info")

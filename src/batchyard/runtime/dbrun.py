@@ -15,14 +15,23 @@ SQLAlchemy pool, without SQLAlchemy's parameter handling, so a ``%`` stays a ``%
   cap stops a huge result at the cap. ``multi=True`` on PostgreSQL receives each
   statement's result whole before the cap applies: large reads belong in ``multi=False``.
 - Each statement is bounded by the statement timeout: PostgreSQL ``statement_timeout``,
-  MariaDB ``max_statement_time`` (MySQL ``max_execution_time``, SELECT only, with the
-  client's read timeout as the backstop), SQLite a progress handler.
+  MariaDB ``max_statement_time`` (MySQL ``max_execution_time``, SELECT only), SQLite a
+  progress handler. The job's SQL can change the server's settings, so the request as a
+  whole is also bounded in the client (runtime/dbguard.py): past the timeout, or when
+  its attempt ends, it is cancelled and fails with a message saying so.
+- A connection goes back to its pool as a new session would be: PostgreSQL ``DISCARD
+  ALL`` (a job's ``SET``, ``SET ROLE``, temporary tables, advisory locks end with its
+  request) then the timeout set again; MySQL/MariaDB the timeout and autocommit set
+  again. One whose request failed or was cancelled is dropped instead.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -31,12 +40,16 @@ from functools import partial
 from typing import Any
 
 import psycopg
+import pymysql
 from pymysql.constants import CLIENT
 from pymysql.cursors import SSCursor
 from sqlalchemy import URL, Engine, NullPool, create_engine, event
 from sqlalchemy.pool import PoolProxiedConnection
 
+from batchyard.runtime.dbguard import RequestGuard
 from batchyard.runtime.dbvalues import Row, RowBudget, unique_columns
+
+log = logging.getLogger(__name__)
 
 # Small pools: a job asks one query at a time; overflow connections close on return.
 POOL_SIZE = 2
@@ -81,6 +94,7 @@ def create_query_engine(url: URL, limits: QueryLimits) -> Engine:
         connect_args: dict[str, Any] = {"connect_timeout": connect_timeout}
         on_connect = partial(_postgres_on_connect, limits.statement_timeout_seconds)
     else:
+        # Each read's own bound: a silent server cannot hold a read for longer.
         backstop = math.ceil(limits.statement_timeout_seconds) + connect_timeout
         connect_args = {"connect_timeout": connect_timeout, "read_timeout": backstop,
                         "write_timeout": backstop,
@@ -96,9 +110,13 @@ def create_query_engine(url: URL, limits: QueryLimits) -> Engine:
 
 def _postgres_on_connect(timeout: float, dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
-        cursor.execute(f"SET statement_timeout = {max(1, round(timeout * 1000))}")
+        cursor.execute(_postgres_timeout(timeout))
     # Committed: a SET inside a transaction that is rolled back is undone with it.
     dbapi_connection.commit()
+
+
+def _postgres_timeout(timeout: float) -> str:
+    return f"SET statement_timeout = {max(1, round(timeout * 1000))}"
 
 
 def _mysql_on_connect(timeout: float, dbapi_connection: Any, _record: Any) -> None:
@@ -123,30 +141,110 @@ def _sqlite_authorizer(action: int, *_details: object) -> int:
     return sqlite3.SQLITE_OK
 
 
-def run_query(engine: Engine, sql: str, multi: bool,
-              limits: QueryLimits) -> list[StatementResult]:
-    """Run the request's SQL in one transaction; the results of its statements in order."""
+def run_query(engine: Engine, sql: str, multi: bool, limits: QueryLimits,
+              guard: RequestGuard | None = None) -> list[StatementResult]:
+    """Run the request's SQL in one transaction; the results of its statements in order.
+
+    ``guard`` (one per request) lets another thread stop it; without one it is made
+    here, bounding the request by the statement timeout all the same.
+    """
     backend = engine.dialect.name
     budget = RowBudget(limits.max_rows, limits.max_reply_bytes)
+    guard = guard or RequestGuard(limits.statement_timeout_seconds)
     connection = engine.raw_connection()
-    committed = False
+    reusable = False
     try:
-        if backend == "sqlite":
-            results = _run_sqlite(connection, sql, multi, budget,
-                                  limits.statement_timeout_seconds)
-        elif backend == "postgresql":
-            results = _run_postgres(connection, sql, multi, budget)
-        else:
-            results = _run_mysql(connection, sql, multi, budget)
-        connection.commit()
-        committed = True
+        with guard.watching(*_stoppers(engine, connection, limits)):
+            try:
+                if backend == "sqlite":
+                    results = _run_sqlite(connection, sql, multi, budget,
+                                          limits.statement_timeout_seconds)
+                elif backend == "postgresql":
+                    results = _run_postgres(connection, sql, multi, budget)
+                else:
+                    results = _run_mysql(connection, sql, multi, budget)
+                guard.check()
+                connection.commit()
+            except Exception:
+                guard.check()  # the driver's error is the guard's doing: say so instead
+                raise
+            reusable = _reset_session(backend, connection, limits)
         return results
     finally:
-        if not committed:
+        if not reusable or guard.fired is not None:
             # Dropped, not rolled back: closing rolls back on every backend, and is the
             # one step that cannot hang on a half-read result or a broken connection.
             connection.invalidate()
         connection.close()
+
+
+def _stoppers(engine: Engine, connection: PoolProxiedConnection,
+              limits: QueryLimits) -> tuple[Callable[[], None], Callable[[], None]]:
+    """How the request's guard cancels the running statement, and ends the driver's wait."""
+    raw: Any = connection.dbapi_connection
+    backend = engine.dialect.name
+    if backend == "sqlite":
+        return raw.interrupt, _nothing
+    if backend == "postgresql":
+        # libpq's cancel request, on a connection of its own; the timeout bounds its connect.
+        return (partial(raw.cancel_safe, timeout=limits.connect_timeout_seconds),
+                partial(_shut_down, raw.fileno))
+    return (partial(_kill_mysql, engine, raw.thread_id(), limits.connect_timeout_seconds),
+            # PyMySQL's own attribute: its socket (None once closed).
+            partial(_shut_down, lambda: raw._sock.fileno()))
+
+
+def _nothing() -> None:
+    return None
+
+
+def _kill_mysql(engine: Engine, thread_id: int, timeout: float) -> None:
+    """End the request's connection from another: the whole connection, not its query, as
+    a killed ``SLEEP()`` returns 1 and the next statement of a multi request would run."""
+    args, params = engine.dialect.create_connect_args(engine.url)
+    wait = max(1, math.ceil(timeout))
+    killer = pymysql.connect(*args, **{**params, "connect_timeout": wait,
+                                       "read_timeout": wait, "write_timeout": wait})
+    try:
+        with killer.cursor() as cursor:
+            cursor.execute(f"KILL CONNECTION {int(thread_id)}")
+    except pymysql.MySQLError as exc:
+        if exc.args and exc.args[0] == 1094:  # unknown thread: it has ended meanwhile
+            return
+        raise
+    finally:
+        killer.close()
+
+
+def _shut_down(fileno: Callable[[], int]) -> None:
+    """Shut the driver's socket down (not closed: the driver still owns the descriptor),
+    so a read it is blocked in ends at once."""
+    with socket.socket(fileno=os.dup(fileno())) as duplicate:
+        duplicate.shutdown(socket.SHUT_RDWR)
+
+
+def _reset_session(backend: str, connection: PoolProxiedConnection,
+                   limits: QueryLimits) -> bool:
+    """Undo what the job's SQL set in the session before the connection is reused; False
+    (the connection is then dropped) when that fails."""
+    raw: Any = connection.dbapi_connection
+    try:
+        if backend == "postgresql":
+            # Outside a transaction: DISCARD ALL may not run inside one.
+            raw.autocommit = True
+            try:
+                raw.execute("DISCARD ALL")
+                raw.execute(_postgres_timeout(limits.statement_timeout_seconds))
+            finally:
+                raw.autocommit = False
+        elif backend != "sqlite":  # SQLite: no pool, every request a new connection
+            _mysql_on_connect(limits.statement_timeout_seconds, raw, None)
+            raw.autocommit(False)
+    except Exception as exc:
+        log.warning("resetting a %s session failed, connection dropped: %s", backend,
+                    type(exc).__name__)
+        return False
+    return True
 
 
 def _read(cursor: Any, budget: RowBudget) -> StatementResult:
