@@ -414,3 +414,56 @@ def test_without_an_smtp_server_job_email_raises_and_summaries_are_not_sent(
         assert "BATCHYARD_SMTP_HOST" in delivery["last_error"]
     finally:
         account.close()
+
+
+# --- a mail server that refuses ------------------------------------------------------------
+class RefusingMailbox:
+    """Refuses every message, in words that name the operator's own mail hosts."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "554 5.7.1 rejected by filter-7.mail.corp.example (relay account ops-relay)"
+
+
+def test_a_refusing_mail_server_is_not_described_to_tenants(tmp_path: Path) -> None:
+    controller = Controller(RefusingMailbox(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    server = ServerProcess(tmp_path / "refused", env={
+        "BATCHYARD_SMTP_HOST": "127.0.0.1", "BATCHYARD_SMTP_PORT": str(controller.port),
+        "BATCHYARD_SMTP_TLS": "none", "BATCHYARD_SMTP_FROM": SENDER,
+        "BATCHYARD_DELIVERY_MAX_TRIES": "1"})
+    try:
+        server.start()
+        with server.client() as operator:
+            account = create_account(operator)
+        try:
+            job_id = deploy_job(account, textwrap.dedent("""\
+                from helper import LS, MXException
+
+                def main():
+                    try:
+                        LS.email.send_email_notification("failure", "s", "b")
+                    except MXException as exc:
+                        print("error:", exc)
+                    raise RuntimeError("and fail")
+                """), settings={"notify": {"on_failure": ["ops@example.com"]}})
+
+            execution = wait_for(account.owner, invoke(account.owner, job_id))
+
+            [delivery] = _settled(account.owner, execution["id"], 1)
+            seen = [delivery["last_error"], *lines_of(read_logs(account.owner,
+                                                                execution["id"]), "stdout")]
+        finally:
+            account.close()
+    finally:
+        server.stop()
+        controller.stop()
+    assert delivery["status"] == "failed", delivery
+    assert delivery["last_error"] == ("the mail server refused the message or could not be "
+                                      "reached")
+    assert any(line.startswith("error: ") and "could not be sent" in line
+               for line in seen[1:]), seen
+    for text in seen:
+        assert "corp.example" not in text and "ops-relay" not in text, text
+        assert str(controller.port) not in text, text
+    # The operator's log has the server's own words.
+    assert "filter-7.mail.corp.example" in server.output()

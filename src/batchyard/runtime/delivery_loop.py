@@ -1,17 +1,23 @@
 """The delivery loop: send what the outbox holds, retry with backoff, give up in the end.
 
-One step claims a batch of due deliveries and sends them on a few threads (one slow
-webhook must not hold back the rest); the driver sleeps until the next due row, at
-most ``max_sleep`` (other processes write rows it does not hear of), or until this
-process writes one. Any number of processes may run it: claims are conditional.
+One step claims as many due deliveries as there are idle senders (threads) and hands
+each to one, without waiting for any: a slow webhook holds its own sender only, and the
+next step claims more as soon as a sender is free (a finished send wakes the driver).
+Claiming no more than the idle senders take means a claimed row starts at once, so its
+lease (the time no other process may claim it) covers its send, not a wait in a queue;
+the lease is kept at least ``LEASE_PER_SEND_TIMEOUT`` times the webhook's whole-call
+deadline. The driver sleeps until the next due row, at most ``max_sleep`` (other
+processes write rows it does not hear of), or until this process writes one or a send
+ends. Any number of processes may run it: claims are conditional.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 from batchyard.domain.notifications import (
     DELIVERY_HEADER,
@@ -32,6 +38,11 @@ from batchyard.services.notifications import ClaimedDelivery
 
 log = logging.getLogger("batchyard.delivery")
 
+# A claimed row's lease against the webhook's deadline: a send ends well before another
+# process may claim the row again (and send it a second time).
+LEASE_PER_SEND_TIMEOUT = 3
+INTERNAL_ERROR = "internal error of the server (the operator's log has the details)"
+
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
@@ -50,11 +61,14 @@ class DeliveryLoop:
         self.mailer = mailer
         self.webhooks = webhooks
         self.public_url = public_url
-        self.policy = policy
+        lease = max(policy.lease_seconds, LEASE_PER_SEND_TIMEOUT * webhooks.timeout_seconds)
+        self.policy = replace(policy, lease_seconds=lease)
         self.max_sleep = max_sleep
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(policy.senders, thread_name_prefix="delivery")
+        self._sending = 0
+        self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
 
     def start(self) -> None:
@@ -71,18 +85,50 @@ class DeliveryLoop:
         self.webhooks.close()
 
     def step(self) -> float:
-        """Send one batch of due deliveries; return how long to sleep before the next look."""
-        claimed = notifications.claim_due(self.platform, self.policy.lease_seconds,
-                                          self.policy.batch)
-        if claimed:
-            list(self._pool.map(self.deliver, claimed))
-            if len(claimed) == self.policy.batch:
-                return 0.0
+        """Hand due deliveries to the idle senders (not waiting for them to be sent);
+        return how long to sleep before the next look."""
+        with self._idle:
+            idle = self.policy.senders - self._sending
+        if idle <= 0:
+            return self.max_sleep  # a finished send wakes the driver
+        limit = min(self.policy.batch, idle)
+        claimed = notifications.claim_due(self.platform, self.policy.lease_seconds, limit)
+        for delivery in claimed:
+            self._hand_over(delivery)
+        if claimed and len(claimed) == limit:
+            return 0.0
         due = notifications.next_due(self.platform)
         if due is None:
             return self.max_sleep
         wait = (due - self.platform.clock.now()).total_seconds()
         return min(max(wait, 0.0), self.max_sleep)
+
+    def settle(self, timeout: float = 30.0) -> bool:
+        """Wait until no send is under way; False when some still is after ``timeout``."""
+        until = time.monotonic() + timeout
+        with self._idle:
+            while self._sending:
+                left = until - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _hand_over(self, delivery: ClaimedDelivery) -> None:
+        with self._idle:
+            self._sending += 1
+        try:
+            future = self._pool.submit(self.deliver, delivery)
+        except RuntimeError:  # stopping: the row is claimed again once its lease ends
+            self._sent(None)
+            return
+        future.add_done_callback(self._sent)
+
+    def _sent(self, _future: Future[None] | None) -> None:
+        with self._idle:
+            self._sending -= 1
+            self._idle.notify_all()
+        self._wake.set()
 
     def deliver(self, delivery: ClaimedDelivery) -> None:
         """Send one delivery and record the outcome; never raises (a poison row must not
@@ -96,9 +142,10 @@ class DeliveryLoop:
                 raise DeliveryFailure(f"unknown delivery kind {delivery.kind!r}", permanent=True)
         except DeliveryFailure as exc:
             self._failed(delivery, str(exc), exc.permanent)
-        except Exception as exc:
+        except Exception:
+            # The details stay in the server's log: the row's error is shown to the tenant.
             log.exception("delivery %s crashed", delivery.id)
-            self._failed(delivery, f"internal error: {type(exc).__name__}: {exc}", False)
+            self._failed(delivery, INTERNAL_ERROR, False)
         else:
             notifications.record_sent(self.platform, delivery)
             log.info("%s %s of execution %s delivered (try %d)", delivery.kind, delivery.id,
@@ -137,10 +184,11 @@ class DeliveryLoop:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the step: a wake during the step is not lost.
+            self._wake.clear()
             try:
                 wait = self.step()
             except Exception:
                 log.exception("delivery step failed")
                 wait = 1.0
             self._wake.wait(wait)
-            self._wake.clear()

@@ -2,10 +2,15 @@
 
 A connection per message: notifications are few (three per execution at most, plus
 one summary), and a fresh connection never trips on a server that dropped an idle one.
+
+The mail server is the operator's: its address and its own words (which may name hosts,
+accounts or policies) go to the server's log only. A failure's message, which tenants
+see (a delivery's ``last_error``, the SDK's reply), says no more than what happened.
 """
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import smtplib
 import ssl
@@ -18,7 +23,11 @@ from typing import Protocol
 from batchyard.config import Settings
 from batchyard.domain.notifications import header_text
 
+log = logging.getLogger("batchyard.mail")
+
 _DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
+NOT_SENT = "the mail server refused the message or could not be reached"
+RECIPIENTS_REFUSED = "the mail server refused every recipient"
 
 
 class DeliveryFailure(Exception):
@@ -55,7 +64,7 @@ class SmtpConfig:
     port: int
     tls: str
     user: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     sender: str
     timeout: float
 
@@ -105,14 +114,17 @@ class SmtpMailer:
             # 5xx: the server will say the same next time (bad address, too large).
             detail = exc.smtp_error.decode("utf-8", "replace") \
                 if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
-            raise DeliveryFailure(f"the mail server answered {exc.smtp_code} {detail}",
-                                  permanent=exc.smtp_code >= 500) from exc
+            self._log(f"answered {exc.smtp_code} {detail}")
+            raise DeliveryFailure(NOT_SENT, permanent=exc.smtp_code >= 500) from exc
         except smtplib.SMTPRecipientsRefused as exc:
-            raise DeliveryFailure(f"the mail server refused every recipient: "
-                                  f"{sorted(exc.recipients)}", permanent=True) from exc
+            self._log(f"refused every recipient: {exc.recipients}")
+            raise DeliveryFailure(RECIPIENTS_REFUSED, permanent=True) from exc
         except (smtplib.SMTPException, OSError) as exc:
-            raise DeliveryFailure(f"the mail server {self.config.host}:{self.config.port} "
-                                  f"could not be reached: {exc}") from exc
+            self._log(f"could not be reached: {type(exc).__name__}: {exc}")
+            raise DeliveryFailure(NOT_SENT) from exc
+
+    def _log(self, what: str) -> None:
+        log.warning("mail server %s:%d %s", self.config.host, self.config.port, what)
 
     def _connect(self) -> smtplib.SMTP:
         config = self.config
