@@ -436,3 +436,28 @@ def test_attempt_rows_match_claims(platform: Platform, owner: Actor, parallel_jo
         attempt = session.scalars(select(Attempt)).one()
     assert (attempt.execution_id, attempt.number, attempt.status, attempt.worker,
             attempt.deadline_seconds) == (claimed.execution_id, 1, "running", "node-a:1", 3600)
+
+
+def test_strict_reservation_made_before_midnight_is_not_taken_off_the_next_days_budget(
+        platform: Platform, clock: FixedClock, result: Result,
+        make_account: Callable[..., Account], make_actor: Callable[..., Actor],
+        make_published_job: Callable[..., Job]) -> None:
+    account = make_account(plan={"daily_runtime_budget_minutes": 20})
+    accounts.update_account(platform, account.id, {"budget_mode": "strict"})
+    actor = make_actor(account)
+    late = make_published_job(actor, settings={"concurrency": "allow", "timeout_minutes": 10,
+                                               "retries": 1})
+    other = make_published_job(actor, settings={"concurrency": "allow", "timeout_minutes": 15})
+    clock.at = clock.at.replace(hour=23, minute=55)
+    evening = run(platform, actor, late)  # reserves 600 s on the 10th
+    clock.advance(minutes=10)  # 00:05 on the 11th
+    run(platform, actor, other)  # reserves 900 s on the 11th
+    claimed = claim(platform)
+    assert claimed.execution_id == evening.id
+    # The 11th has 1200 - 900 s left for it; its own 600 s are held on the 10th's row.
+    assert claimed.deadline_seconds == 300
+    clock.advance(seconds=300)
+    finish_attempt(platform, claimed, result(AttemptOutcome.FAILED, runtime_seconds=300))
+    # No budget is left on the 11th (300 s used, 900 s reserved): no retry.
+    closed = status_of(platform, actor, evening.id)
+    assert (closed.status, closed.reason) == ("failed", "runtime_budget_exhausted")

@@ -138,7 +138,8 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) 
 def _claim_statement() -> Any:
     # The status condition makes the claim exclusive even without SKIP LOCKED.
     columns = ("id", "account_id", "job_id", "job_name", "revision", "attempt_count",
-               "reserved_seconds", "params", "source", "log_seq", "log_bytes", "log_truncated")
+               "reserved_seconds", "account_day", "params", "source", "log_seq", "log_bytes",
+               "log_truncated")
     return (update(_EXECUTION)
             .where(_EXECUTION.c.id == bindparam("eid"), _EXECUTION.c.status == "queued")
             .values(status="running", attempt_count=_EXECUTION.c.attempt_count + 1,
@@ -159,8 +160,10 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
     plan = plan_from_dict(plan_data)
     day = account_day(now, timezone).isoformat()
     _, runtime, reserved = usage.account_day_row(session, execution["account_id"], day)
-    # In strict mode this execution's own reservation is part of `reserved`.
-    others_reserved = reserved - execution["reserved_seconds"]
+    # In strict mode this execution's own reservation is part of `reserved` when it was
+    # admitted today; admitted before midnight, it sits on that day's row, not today's.
+    own = execution["reserved_seconds"] if execution["account_day"] == day else 0.0
+    others_reserved = reserved - own
     remaining = plan.daily_runtime_budget_seconds - runtime - others_reserved
     deadline = max(0.0, min(settings.timeout_seconds, remaining))
     number = execution["attempt_count"]
@@ -315,10 +318,11 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     usage.add_job(session, account_id, job_id, day, runtime_seconds=result.runtime_seconds)
     plan_data, timezone = connection.execute(_ACCOUNT_PLAN, {"aid": account_id}).one()
     settings = platform.revisions.get(session, account_id, job_id, revision).settings
-    _, used, reserved_today = usage.account_day_row(
-        session, account_id, account_day(result.ended_at, timezone).isoformat())
+    today = account_day(result.ended_at, timezone).isoformat()
+    _, used, reserved_today = usage.account_day_row(session, account_id, today)
+    own = reserved if admitted_day == today else 0.0  # see _start_attempt
     budget_left = (plan_from_dict(plan_data).daily_runtime_budget_seconds - used
-                   - (reserved_today - reserved))
+                   - (reserved_today - own))
     cancelled = cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
     outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
     decision = after_attempt(outcome, number, settings.retries, budget_left,
