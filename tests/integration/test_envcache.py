@@ -25,6 +25,7 @@ from batchyard.runtime.envcache import (
     Environment,
     InstallFailed,
     InstallInterrupted,
+    InstallWaitTooLong,
     Interrupt,
     last_message,
 )
@@ -172,20 +173,29 @@ def test_an_environment_in_use_is_never_evicted(tmp_path: Path, needs_pypi: None
     assert not held.path.exists()
 
 
-def test_waiting_for_another_install_ends_on_interrupt_and_on_the_deadline(
+def hold_build_lock(cache: EnvCache, normalised: str) -> int:
+    """Act as another process building these requirements: hold their lock exclusively."""
+    (cache.root / ".locks").mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache.root / ".locks" / f"{cache.key_for(normalised)}.lock",
+                 os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_waiting_for_another_install_ends_on_interrupt_and_past_one_builds_time(
         tmp_path: Path) -> None:
     cache = make_cache(tmp_path, timeout=0.5)
-    key = cache.key_for(SIX)
-    # Another process building the same environment holds its lock exclusively.
-    (cache.root / ".locks").mkdir(parents=True)
-    builder = os.open(cache.root / ".locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(builder, fcntl.LOCK_EX)
+    cache.wait_slack = 0.3
+    builder = hold_build_lock(cache, SIX)
     try:
         started = time.monotonic()
-        with pytest.raises(InstallFailed, match=r"waited 0\.5 s for another attempt"), \
+        # Interrupted, not failed: the other build is not this attempt's failure.
+        with pytest.raises(InstallWaitTooLong, match=r"waited 0\.8 s for another attempt"), \
                 cache.lease(SIX, lambda line: None):
             pass
-        assert 0.4 < time.monotonic() - started < 3
+        assert not issubclass(InstallWaitTooLong, InstallFailed)
+        assert issubclass(InstallWaitTooLong, InstallInterrupted)
+        assert 0.7 < time.monotonic() - started < 3
         interrupt = Interrupt()
         threading.Timer(0.1, interrupt.fire, ("cancelled by a user",)).start()
         cache.install_timeout = 30
@@ -196,6 +206,35 @@ def test_waiting_for_another_install_ends_on_interrupt_and_on_the_deadline(
         assert time.monotonic() - started < 3
     finally:
         os.close(builder)
+
+
+def slow_installer(folder: Path, seconds: float) -> str:
+    """A stand-in for uv that takes ``seconds`` and installs nothing (requirements that
+    select nothing on this platform look the same): the build's timing without an index."""
+    script = folder / "slow-uv"
+    script.write_text(f"#!/bin/sh\nsleep {seconds}\necho installed\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_build_started_after_waiting_for_another_gets_the_whole_install_timeout(
+        tmp_path: Path) -> None:
+    cache = EnvCache(tmp_path / "envs", job_python(None), tmp_path / "uv-cache", 1024 ** 3,
+                     install_timeout=1.5, uv=slow_installer(tmp_path, 1.0), wait_slack=0)
+    builder = hold_build_lock(cache, SIX)
+    # The other build fails after 1 s (it leaves no environment): this attempt builds.
+    threading.Timer(1.0, os.close, (builder,)).start()
+    output: list[str] = []
+    started = time.monotonic()
+
+    with cache.lease(SIX, output.append) as environment:
+        pass
+
+    # 1 s waiting and 1 s building: more than the install timeout in all, but each part
+    # within it.
+    assert environment.built and output == ["installed"]
+    assert 1.9 < time.monotonic() - started < 4
+    assert (environment.path / MARKER).is_file()
 
 
 def test_leftovers_of_a_crashed_server_are_removed_at_start(tmp_path: Path) -> None:

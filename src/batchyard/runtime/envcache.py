@@ -16,6 +16,14 @@ Decisions worth knowing:
   the one attempt that builds it (the others wait, then use its result) and shared by
   every attempt using it; eviction takes it exclusively without waiting, so an
   environment in use is never removed.
+* Waiting for another attempt's build of the same requirements is not a failure of
+  one's own: that build is bounded by its own install timeout (its uv is killed then) and
+  its lock is released if its process dies, so the wait is given as long as one build
+  may take plus ``WAIT_SLACK_SECONDS``, counted again whenever a build ends (a waiting
+  attempt may start the next one). Past that the attempt ends as interrupted
+  (``InstallWaitTooLong``: retried when it has retries left), never as
+  ``dependency_install_failed``; and a build this attempt starts itself after waiting gets
+  the whole install timeout.
 * Least recently used eviction (the lock file's mtime is the last use) after each
   build, until the total size recorded in the markers fits the cap.
 * uv runs with an environment of its own: no variable of the server's but proxy, TLS
@@ -49,6 +57,8 @@ from batchyard.errors import BatchyardError
 LAYOUT = "uv-pip-target-only-binary-v1"
 MARKER = ".batchyard-env.json"
 LOCK_POLL_SECONDS = 0.05
+# Beyond one install timeout, for a build's own clean-up (chmod walk, rename, removal).
+WAIT_SLACK_SECONDS = 60.0
 MESSAGE_LIMIT = 1000
 # What the server's environment may pass to uv: reaching an index, nothing else.
 PASSED_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
@@ -70,6 +80,11 @@ class InstallInterrupted(BatchyardError):
     """The install (or the wait for another attempt's) was stopped: cancel or shutdown."""
 
     code = "install_interrupted"
+
+
+class InstallWaitTooLong(InstallInterrupted):
+    """Another attempt held the install of the same requirements longer than an install may
+    take; this attempt was interrupted (retried when it has retries left)."""
 
 
 class Interrupt:
@@ -116,12 +131,14 @@ class Environment:
 
 class EnvCache:
     def __init__(self, root: Path, python: str, uv_cache: Path, max_bytes: int,
-                 install_timeout: float, uv: str | None = None) -> None:
+                 install_timeout: float, uv: str | None = None,
+                 wait_slack: float = WAIT_SLACK_SECONDS) -> None:
         self.root = root
         self.python = python
         self.uv_cache = uv_cache
         self.max_bytes = max_bytes
         self.install_timeout = install_timeout
+        self.wait_slack = wait_slack
         self.uv = uv or _find_uv()
         self._locks = root / ".locks"
         self._home = root / ".home"
@@ -163,23 +180,24 @@ class EnvCache:
               interrupt: Interrupt | None = None) -> Iterator[Environment]:
         """The environment of ``normalised`` requirements, built first if need be; held
         (never evicted) until the block ends. Raise ``InstallFailed`` with the installer's
-        last message, or ``InstallInterrupted``."""
+        last message, or ``InstallInterrupted`` (``InstallWaitTooLong``)."""
         self._make_folders()
         started = time.monotonic()
-        deadline = started + self.install_timeout
         key = self.key_for(normalised)
         final = self.root / key
         fd = os.open(self._locks / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             built = False
             while True:
-                self._wait_lock(fd, fcntl.LOCK_SH, deadline, interrupt)
+                self._wait_lock(fd, fcntl.LOCK_SH, interrupt)
                 if (final / MARKER).is_file():
                     break
                 fcntl.flock(fd, fcntl.LOCK_UN)
-                self._wait_lock(fd, fcntl.LOCK_EX, deadline, interrupt)
+                self._wait_lock(fd, fcntl.LOCK_EX, interrupt)
                 if not (final / MARKER).is_file():
-                    self._build(key, normalised, final, on_output, deadline, interrupt)
+                    # Its own build: the whole install timeout, whatever the wait took.
+                    self._build(key, normalised, final, on_output,
+                                time.monotonic() + self.install_timeout, interrupt)
                     built = True
                 # Back to shared through unlocked: the loop looks at the folder again.
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -190,8 +208,10 @@ class EnvCache:
         finally:
             os.close(fd)
 
-    def _wait_lock(self, fd: int, mode: int, deadline: float,
-                   interrupt: Interrupt | None) -> None:
+    def _wait_lock(self, fd: int, mode: int, interrupt: Interrupt | None) -> None:
+        """Take the lock, waiting out another attempt's build (one build's time at most)."""
+        allowed = self.install_timeout + self.wait_slack
+        deadline = time.monotonic() + allowed
         # Polled, not blocking: a cancel or the deadline must end the wait.
         while True:
             try:
@@ -202,8 +222,10 @@ class EnvCache:
             if interrupt is not None and interrupt.reason is not None:
                 raise InstallInterrupted(interrupt.reason)
             if time.monotonic() >= deadline:
-                raise InstallFailed(f"waited {self.install_timeout:g} s for another attempt "
-                                    "installing the same requirements")
+                raise InstallWaitTooLong(
+                    f"waited {allowed:g} s for another attempt installing the same "
+                    "requirements, longer than an install may take; this attempt is "
+                    "interrupted (retried when it has retries left), not failed")
             time.sleep(LOCK_POLL_SECONDS)
 
     # --- building --------------------------------------------------------------------

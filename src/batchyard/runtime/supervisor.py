@@ -166,11 +166,13 @@ class Supervisor:
         try:
             environment = held.enter_context(
                 self.environments.lease(normalised, on_output, interrupt))
-        except InstallInterrupted:
+        except InstallInterrupted as exc:
             outcome = stop.reason or AttemptOutcome.INTERRUPTED
+            # Not stopped from outside: the cache's own reason (a wait for another build).
+            detail = stop.detail or exc.message
             sink.add("log", f"batchyard: attempt {attempt.number} ended while installing its "
-                     f"requirements: {outcome.value} ({stop.detail})", "info")
-            return (), AttemptResult(outcome, 0.0, None, stop.detail, datetime.now(UTC))
+                     f"requirements: {outcome.value} ({detail})", "info")
+            return (), AttemptResult(outcome, 0.0, None, detail, datetime.now(UTC))
         except InstallFailed as exc:
             return (), self._install_failed(sink, exc.message)
         finally:
