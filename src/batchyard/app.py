@@ -26,6 +26,7 @@ from batchyard.runtime.dbrun import QueryLimits
 from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
 from batchyard.runtime.envcache import EnvCache
 from batchyard.runtime.mailer import JobEmailHandler
+from batchyard.runtime.netguard import install_network_guard
 from batchyard.runtime.pool import PoolTiming, WorkerPool
 from batchyard.runtime.requests import RequestHandler
 from batchyard.runtime.sandbox import JobLimits, Sandbox, detect_sandbox
@@ -103,6 +104,9 @@ class Server:
                 file_bytes=self.settings.job_max_file_bytes,
                 cpu_seconds=self.settings.job_cpu_seconds), work_root, data_dir,
             self.settings.sandbox_uid_base)
+        # Before any attempt runs; the table outlives this process (runtime/netguard.py).
+        sandbox.add_note(install_network_guard(self.settings.job_network,
+                                               sandbox.uid_range).description)
         log.info("job isolation: %s", sandbox.description)
         smtp = SmtpConfig.from_settings(self.settings)
         mailer = SmtpMailer(smtp) if smtp is not None else None

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     job_max_disk_bytes: int = Field(default=2 * 1024 ** 3, ge=0)
     # When the server runs as root each attempt gets its own uid from this base + n.
     sandbox_uid_base: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
+    # "public": an nftables table refuses the job uids this host (loopback, its own
+    # addresses) and private, link-local and CGNAT networks (runtime/netguard.py); where it
+    # cannot be installed (not root, no nft) the server starts anyway and says so. "open":
+    # jobs reach everything the server's host reaches.
+    job_network: Literal["public", "open"] = "public"
     # Fire scheduled jobs in this process (any number of processes may).
     scheduler: bool = True
     # Database access (SPEC 6): limits of each query the broker runs for a job.

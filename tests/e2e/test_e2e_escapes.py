@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import textwrap
@@ -42,6 +43,8 @@ from e2e_support import (
     wait_for,
     wait_until,
 )
+
+from batchyard.runtime.netguard import remove_network_guard
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -188,6 +191,7 @@ LINKS_FILES_INTO_ITS_OUTPUT = RECORDER + textwrap.dedent("""\
     """)
 
 CALLS_THE_SERVERS_API = RECORDER + textwrap.dedent("""\
+    import socket
     import urllib.error
     import urllib.request
 
@@ -200,7 +204,10 @@ CALLS_THE_SERVERS_API = RECORDER + textwrap.dedent("""\
 
     def main(event):
         for path in event["body"]["paths"]:
-            RESULTS[path] = status(event["body"]["base_url"] + path)
+            attempt(path, lambda: status(event["body"]["base_url"] + path))
+        for host, port in event["body"]["services"]:
+            attempt(f"{host}:{port}", lambda: socket.create_connection((host, port),
+                                                                        timeout=5).close())
         report()
     """)
 
@@ -350,6 +357,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     finally:
         process.stop()
         shutil.rmtree(base, ignore_errors=True)
+        # The network guard's table outlives its server by design (runtime/netguard.py).
+        remove_network_guard((UID_BASE, UID_BASE + UID_COUNT - 1))
 
 
 @pytest.fixture
@@ -571,21 +580,40 @@ def test_a_hard_link_in_the_output_folder_is_never_read_into_an_artifact(
                         "Output not kept: own.txt (a hard link)"]
 
 
-def test_the_servers_own_api_is_reachable_but_answers_nothing_without_a_key(
+def test_the_servers_own_api_and_this_hosts_services_are_refused_to_jobs(
         server: ServerProcess, make_account: AccountFactory) -> None:
-    # Jobs share the host's network (they call third-party APIs): loopback included, so
-    # the server's port answers them. Firewall the job uid range to close it
-    # (runtime/sandbox.py); here, at least, nothing is answered without a key.
+    # Jobs share the host's network (they call third-party APIs); the network guard
+    # (runtime/netguard.py) refuses their uids this host: the server's own port and the
+    # PostgreSQL beside it, at once. Where it cannot be installed (no nft), at least the
+    # API answers nothing without a key.
     account = make_account()
+    isolation = httpx.get(f"{server.base_url}/api/v1/health", timeout=10).json()["isolation"]
     closed = [f"/api/v1/admin/accounts/{account.id}", "/api/v1/jobs", "/api/v1/executions",
               "/api/v1/me", "/api/v1/audit"]
+    services = [["127.0.0.1", 5432]] if _listening("127.0.0.1", 5432) else []
 
     execution = run(account, CALLS_THE_SERVERS_API, {
-        "base_url": server.base_url, "paths": ["/api/v1/health", *closed]})
+        "base_url": server.base_url, "paths": ["/api/v1/health", *closed],
+        "services": services})
 
     recorded = results(account, execution)
-    assert recorded["/api/v1/health"] == 200
-    assert {path: recorded[path] for path in closed} == dict.fromkeys(closed, 401)
+    if "; network: public only (" in isolation:
+        assert escaped(recorded) == {}, recorded
+        assert all("Connection refused" in value for value in recorded.values()), recorded
+        assert len(recorded) == 6 + len(services)
+        assert execution["attempts"][0]["runtime_seconds"] < 3, execution
+    else:
+        assert "; network: loopback and private networks reachable (" in isolation
+        assert recorded["/api/v1/health"] == "DONE 200"
+        assert {path: recorded[path] for path in closed} == dict.fromkeys(closed, "DONE 401")
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 # --- 6. a fork bomb --------------------------------------------------------------------

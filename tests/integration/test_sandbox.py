@@ -116,7 +116,10 @@ def _server(base: Path, mode: str, python: str | None) -> Server:
                         python=python, job_memory_bytes=MEMORY_LIMIT,
                         job_max_processes=PROCESS_LIMIT, job_max_file_bytes=FILE_LIMIT,
                         sandbox_uid_base=UID_BASE, kill_grace_seconds=0.3,
-                        job_max_disk_bytes=DISK_LIMIT)
+                        job_max_disk_bytes=DISK_LIMIT,
+                        # The network guard has its own tests (test_network_guard.py);
+                        # here the shared network stays usable, and no table is left.
+                        job_network="open")
     return Server(settings)
 
 

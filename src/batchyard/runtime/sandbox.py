@@ -25,14 +25,19 @@ another running attempt's folder through ``/proc/<pid>/cwd``. The uid has no pas
 entry; USER/LOGNAME name it. A server not running as root keeps its own uid for jobs
 (bubblewrap then adds a user namespace; NPROC counts per namespace there).
 
-Not covered: the network namespace is the host's (loopback services included: firewall
-the uid range, e.g. ``iptables -A OUTPUT -o lo -m owner --uid-owner BASE-END -j REJECT``);
-at the rlimits level the host's world-writable /tmp, /var/tmp and /dev/shm stay writable
-and world-readable host files readable, as for any unprivileged user, and no_new_privs is
-not set (the host's setuid programs run as for such a user); disk use is bounded per file
-(RLIMIT_FSIZE) and by the output cap at collection, not in total. At both levels a job may
-create user namespaces (``unshare -U``: more of the kernel in reach; bwrap as root cannot
-``--disable-userns``): ``sysctl user.max_user_namespaces=0`` on the host closes that.
+The network namespace is the host's: runtime/netguard.py keeps the job uid range from
+this host's services and its private networks (nftables). Unix sockets are not IP: under
+bubblewrap the host's socket files (/run, /var/run, the host's /tmp) are not in the mount
+tree, but abstract ones (``@name``) are reachable at both levels.
+
+Not covered: at the rlimits level the host's socket files (/run/postgresql, /run/mysqld,
+...) are reachable by path, the host's world-writable /tmp, /var/tmp and /dev/shm stay
+writable and world-readable host files readable, as for any unprivileged user, and
+no_new_privs is not set (the host's setuid programs run as for such a user); disk use is
+bounded per file (RLIMIT_FSIZE) and by the output cap at collection, not in total. At both
+levels a job may create user namespaces (``unshare -U``: more of the kernel in reach;
+bwrap as root cannot ``--disable-userns``): ``sysctl user.max_user_namespaces=0`` on the
+host closes that.
 """
 
 from __future__ import annotations
@@ -289,6 +294,17 @@ class Sandbox:
     @property
     def per_attempt_uid(self) -> bool:
         return self._uids is not None
+
+    @property
+    def uid_range(self) -> tuple[int, int] | None:
+        """First and last uid of the attempts (None: they run as the server's own uid)."""
+        if self._uids is None:
+            return None
+        return self._uids.base, self._uids.base + self._uids.count - 1
+
+    def add_note(self, text: str) -> None:
+        """Add what else confines jobs (the network guard) to the level's description."""
+        self.description = f"{self.description}; {text}"
 
     @classmethod
     def unconfined(cls) -> Sandbox:
