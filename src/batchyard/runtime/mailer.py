@@ -2,7 +2,9 @@
 
 The job holds no SMTP credentials and picks no recipients: it names a type, and the
 job's ``notify`` lists (of the revision that runs) say who receives it. The count
-per execution lives in the database, so retries share the limit. Attachments are
+per execution lives in the database, so retries share the limit; an e-mail takes its
+place in the count before its attachments are read, and gives it back when it is not
+sent (a refused attachment, a mail server that refuses it). Attachments are
 files of the running attempt's own output folder, opened one path component at a
 time without following links, so a job cannot mail out a file of the server's.
 """
@@ -62,22 +64,27 @@ class JobEmailHandler:
             to = notifications.job_email_recipients(
                 self.platform, attempt.account_id, attempt.job_id, attempt.revision,
                 record.get("email_type", ""))
-            files = self._attachments(attempt, names)
+            # Taken before any attachment is read: a job past its limit costs no file reads.
             notifications.take_job_email(self.platform, attempt.account_id,
                                          attempt.execution_id, self.limit)
         except notifications.EmailRefused as exc:
             return _refused(exc.code, exc.message)
+        sent = False
+        try:
+            files = self._attachments(attempt, names)
+            self.mailer.send(OutgoingEmail(to=to, subject=header_text(subject), body=body,
+                                           html=bool(record.get("is_html")),
+                                           attachments=files))
+            sent = True
         except AttachmentRefused as exc:
             return _refused("invalid", str(exc))
-        email = OutgoingEmail(to=to, subject=header_text(subject), body=body,
-                              html=bool(record.get("is_html")), attachments=files)
-        try:
-            self.mailer.send(email)
         except DeliveryFailure as exc:
-            # Not sent, so not counted: the job may try again.
-            notifications.give_back_job_email(self.platform, attempt.account_id,
-                                              attempt.execution_id)
             return _refused("send_failed", f"The e-mail could not be sent: {exc}")
+        finally:
+            if not sent:
+                # Not sent, so not counted: the job may try again.
+                notifications.give_back_job_email(self.platform, attempt.account_id,
+                                                  attempt.execution_id)
         return {"ok": True, "recipients": len(to), "attachments": len(files)}
 
     def _attachments(self, attempt: ClaimedAttempt, names: list[Any]) -> \

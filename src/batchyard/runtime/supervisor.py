@@ -10,6 +10,7 @@ import contextlib
 import json
 import marshal
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,8 +29,8 @@ from batchyard.runtime.diskwatch import describe_violation, disk_usage
 from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.logsink import LogSink, LogWriter
 from batchyard.runtime.processes import descendants, kill_group_now, kill_tree
-from batchyard.runtime.pump import OutputPump
-from batchyard.runtime.requests import RequestDispatcher, RequestHandler
+from batchyard.runtime.pump import OutputPump, Part
+from batchyard.runtime.requests import Reply, RequestDispatcher, RequestHandler
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
 from batchyard.runtime.workspace import collect_outputs, create_workspace
 from batchyard.sdk import JOBPATH
@@ -38,8 +39,12 @@ from batchyard.services.queue import AttemptResult, ClaimedAttempt
 # A constant, not generated source: the job path comes in as argv[1].
 BOOT_COMMAND = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
                 "import _batchyard_boot; _batchyard_boot.start()")
-# Longest SDK record read from the channel; longer ones are cut (and then not JSON).
+# Longest SDK record read from the channel (the SDK learns it from the context and refuses
+# longer requests itself); a longer line is not read as a record: see _on_long_channel_line.
 CHANNEL_LINE_LIMIT = 1024 * 1024
+LAST_REQUEST_GRACE_SECONDS = 2.0
+# Records the job sends without waiting for a reply (the SDK writes "type" first).
+_ONE_WAY_RECORD = re.compile(rb'\s*\{\s*"type"\s*:\s*"(log|error|result)"')
 LOG_FLUSH_SECONDS = 0.2
 DISK_CHECK_SECONDS = 1.0
 _LEVELS = {"debug", "info", "warn", "error", "fatal"}
@@ -210,7 +215,7 @@ class Supervisor:
             "variables": attempt.variables, "output_dir": str(output_dir),
             "job_name": attempt.job_name, "execution_id": attempt.execution_id,
             "attempt": attempt.number, "database_access": attempt.database_access,
-            "email_limit": 3,
+            "email_limit": 3, "channel_line_limit": CHANNEL_LINE_LIMIT,
         }
         if site_dirs:
             # Dependencies: the boot adds them with site.addsitedir before importing main.py.
@@ -258,15 +263,20 @@ class Supervisor:
         timer.start()
         errors: list[str] = []
         assert process.stdout is not None and process.stderr is not None
-        dispatcher = RequestDispatcher(self.requests, attempt, parent_end.sendall,
+        # Without a handler for a kind of request (a supervisor built without a broker or a
+        # mailer), the job is still answered: it must not hang.
+        dispatcher = RequestDispatcher({**_UNAVAILABLE, **self.requests}, attempt,
+                                       parent_end.sendall,
                                        note=lambda message, level: sink.add("log", message,
                                                                             level))
 
-        def on_line(stream: str, line: bytes) -> None:
-            if stream == "channel":
-                self._on_channel_line(line, sink, errors, dispatcher)
-            else:
+        def on_line(stream: str, line: bytes, part: Part) -> None:
+            if stream != "channel":
                 sink.add(stream, line.decode("utf-8", "replace"))
+            elif part is Part.WHOLE:
+                self._on_channel_line(line, sink, errors, dispatcher)
+            elif part is Part.FIRST:
+                self._on_long_channel_line(line, sink, dispatcher)
 
         line_limit = self.limits.log_line_max_bytes
         watched = (code_dir, output_dir, tmp_dir)
@@ -300,9 +310,12 @@ class Supervisor:
         # Sandbox: and, under the rlimits level, what left the group (setsid) in its uid.
         confinement.kill_leftovers()
         pump.finish(timeout=2)
-        dispatcher.wait(timeout=2)
+        dispatcher.close(timeout=LAST_REQUEST_GRACE_SECONDS)
         process.stdout.close()
         process.stderr.close()
+        # Wakes a request thread still blocked writing to a job that escaped the kill.
+        with contextlib.suppress(OSError):
+            parent_end.shutdown(socket.SHUT_RDWR)
         parent_end.close()
         outputs = collect_outputs(output_dir, self.limits.artifact_max_files,
                                   self.limits.artifact_cap_bytes)
@@ -350,11 +363,29 @@ class Supervisor:
         if dispatcher.handles(record.get("type")):
             dispatcher.submit(record)
         else:
-            self._on_record(record, sink, errors, dispatcher)
+            self._on_record(record, sink, errors)
 
     @staticmethod
-    def _on_record(record: dict[str, Any], sink: LogSink, errors: list[str],
-                   dispatcher: RequestDispatcher) -> None:
+    def _on_long_channel_line(first_piece: bytes, sink: LogSink,
+                              dispatcher: RequestDispatcher) -> None:
+        """A channel line over the limit: whatever it asked, the job must not wait for ever.
+
+        Called once per line (its later pieces are skipped). A request is answered with an
+        error; a log or error record gets no reply (the job is not waiting, and a stray
+        reply would be read as the answer to its next request) and is noted as dropped.
+        """
+        one_way = _ONE_WAY_RECORD.match(first_piece)
+        if one_way is not None:
+            sink.add("log", f"batchyard: a {one_way.group(1).decode()} record of the job "
+                     f"larger than the channel's limit of {CHANNEL_LINE_LIMIT} bytes was "
+                     "dropped", "warn")
+            return
+        dispatcher.refuse({"ok": False, "code": "too_large",
+                           "error": f"The request is larger than the channel's limit of "
+                                    f"{CHANNEL_LINE_LIMIT} bytes"})
+
+    @staticmethod
+    def _on_record(record: dict[str, Any], sink: LogSink, errors: list[str]) -> None:
         kind = record.get("type")
         if kind == "log":
             level = record.get("level") if record.get("level") in _LEVELS else "info"
@@ -364,14 +395,18 @@ class Supervisor:
         elif kind == "error":
             errors.append(f"{record.get('error_type', 'Error')}: {record.get('message', '')}"
                           [:2000])
-        elif kind == "email":
-            # No mailer registered (a supervisor built without one): the job must not hang.
-            dispatcher.reply({"ok": False, "code": "not_configured",
-                              "error": "E-mail is not available on this server."})
-        elif kind == "db":
-            # No broker registered (a supervisor built without one): the job must not hang.
-            dispatcher.reply({"ok": False,
-                              "error": "Database access is not available on this server."})
         elif kind == "result":
             sink.add("log", "main returned", "debug", {"result": record.get("value")})
 
+
+
+def _unavailable(reply: Reply) -> RequestHandler:
+    return lambda attempt, record: dict(reply)
+
+
+_UNAVAILABLE: dict[str, RequestHandler] = {
+    "email": _unavailable({"ok": False, "code": "not_configured",
+                           "error": "E-mail is not available on this server."}),
+    "db": _unavailable({"ok": False,
+                        "error": "Database access is not available on this server."}),
+}

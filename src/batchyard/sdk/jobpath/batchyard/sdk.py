@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from batchyard._channel import Channel
+from batchyard._channel import Channel, RecordTooLarge
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs every job ~4 ms.
 TYPE_CHECKING = False
@@ -111,6 +111,9 @@ _state = _State()
 
 def _configure(payload: Mapping[str, Any], channel: Channel | None) -> None:
     """Bind the SDK to one attempt; called by the bootstrap, not by job code."""
+    limit = payload.get("channel_line_limit")
+    if channel is not None and isinstance(limit, int) and limit > 0:
+        channel.line_limit = limit
     with _state.lock:
         _state.context = _Context.from_payload(payload)
         _state.channel = channel
@@ -275,6 +278,8 @@ class Email:
             return True
         try:
             reply = channel.request(record)
+        except RecordTooLarge as exc:
+            raise MXInvalidDataException(f"The e-mail is too large to send: {exc}") from None
         except (OSError, ValueError) as exc:
             raise MXException(f"The platform did not answer the e-mail request: {exc}") from exc
         if not isinstance(reply, dict) or not reply.get("ok"):
@@ -326,6 +331,8 @@ def _query(target: str, sql: str, multi: bool) -> Any:
         raise MXException("Database queries need the platform; no channel is open")
     try:
         reply = channel.request({"type": "db", "target": target, "sql": sql, "multi": bool(multi)})
+    except RecordTooLarge as exc:
+        raise MXInvalidDataException(f"The query is too large to send: {exc}") from None
     except (OSError, ValueError) as exc:
         raise MXException(f"The platform did not answer the query: {exc}") from exc
     if not isinstance(reply, dict) or not reply.get("ok"):
