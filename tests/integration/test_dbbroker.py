@@ -28,7 +28,7 @@ from batchyard.domain.clock import FixedClock
 from batchyard.errors import InvalidInput
 from batchyard.runtime.dbbroker import DatabaseBroker, EnginePools
 from batchyard.runtime.dbrun import QueryLimits
-from batchyard.runtime.requests import LOG_NOTE
+from batchyard.runtime.requests import LOG_NOTE, RequestDispatcher
 from batchyard.services import accounts
 from batchyard.services.context import Platform
 from batchyard.services.queue import ClaimedAttempt
@@ -362,6 +362,27 @@ def test_the_end_of_its_attempt_cancels_a_running_query(
             assert wait_until_not_sleeping(target) == 0
         # Another attempt of the same account is not affected.
         assert ask(patient, account, "select count(*) as n from leads")["rows"] == [{"n": 2}]
+    finally:
+        patient.close()
+
+
+def test_closing_an_attempts_requests_cancels_the_query_it_still_runs(
+        platform: Platform, make_account: Callable[..., Account], target: Target) -> None:
+    account = account_with(platform, make_account, main=target.url)
+    patient = DatabaseBroker(platform, QueryLimits(60.0, 5.0, max_rows=1000,
+                                                   max_reply_bytes=1024 * 1024))
+    sent: list[bytes] = []
+    dispatcher = RequestDispatcher({"db": patient}, attempt_of(account), sent.append)
+    try:
+        dispatcher.submit({"type": "db", "target": "main", "multi": True,
+                           "sql": UNBOUNDED.get(target.kind, SLOW["sqlite"])})
+        time.sleep(1.0)  # the query is running on the server now
+        started = time.monotonic()
+        dispatcher.close(timeout=30)  # the attempt ended (deadline, cancel, shutdown)
+        assert time.monotonic() - started < 5
+        assert len(sent) == 1 and b"its attempt ended" in sent[0]
+        if target.kind != "sqlite":
+            assert wait_until_not_sleeping(target) == 0
     finally:
         patient.close()
 

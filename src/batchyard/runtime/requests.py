@@ -120,6 +120,16 @@ class RequestDispatcher:
         if dropped:
             log.warning("%d refusals to execution %s were not written: its queue was full",
                         dropped, self._attempt.execution_id)
+        # A handler that can stop its work for an attempt (the database broker cancels the
+        # query still running) is told first, so the join below is short.
+        for handler in {id(h): h for h in self._handlers.values()}.values():
+            cancel = getattr(handler, "cancel_attempt", None)
+            if callable(cancel):
+                try:
+                    cancel(self._attempt)
+                except Exception:  # a failed cancel leaves the bounded wait below
+                    log.exception("cancelling the requests of %s failed",
+                                  self._attempt.execution_id)
         if self._worker is not None:
             self._worker.join(timeout)
 
