@@ -118,7 +118,8 @@ def cancel(platform: Platform, actor: Actor, execution_id: str) -> ExecutionDeta
             execution.ended_at = now
             execution.next_attempt_at = None
             _release_reservation(session, execution)
-            notifications.enqueue_execution_end(platform, session, execution.id)
+            notifications.enqueue_execution_end(platform, session, execution.account_id,
+                                                execution.id)
         else:
             execution.cancel_requested = True
             running = True

@@ -67,8 +67,8 @@ class NoRecipients(EmailRefused):
 
 
 # --- the outbox: writing ---------------------------------------------------------------
-def enqueue_execution_end(platform: Platform, session: Session, execution_id: str,
-                          status: str | None = None,
+def enqueue_execution_end(platform: Platform, session: Session, account_id: str,
+                          execution_id: str, status: str | None = None,
                           settings: JobSettings | None = None) -> int:
     """Write the deliveries an execution that just ended owes; return how many.
 
@@ -82,8 +82,8 @@ def enqueue_execution_end(platform: Platform, session: Session, execution_id: st
         Execution.account_id, Execution.job_id, Execution.job_name, Execution.revision,
         Execution.status, Execution.reason, Execution.message, Execution.source,
         Execution.attempt_count, Execution.created_at, Execution.started_at,
-        Execution.ended_at, Execution.runtime_seconds).where(Execution.id == execution_id)
-    ).one_or_none()
+        Execution.ended_at, Execution.runtime_seconds).where(
+            Execution.account_id == account_id, Execution.id == execution_id)).one_or_none()
     if row is None or row.revision is None:
         return 0
     settings = platform.revisions.get(session, row.account_id, row.job_id,

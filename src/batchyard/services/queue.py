@@ -334,7 +334,7 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
                                 "p_reason": decision.reason, "p_message": result.error,
                                 "p_ended": result.ended_at})
     # The outbox rows commit (or roll back) with the final state itself.
-    notifications.enqueue_execution_end(platform, session, execution_id,
+    notifications.enqueue_execution_end(platform, session, account_id, execution_id,
                                         decision.status.value, settings)
     if reserved:
         usage.add_account(session, account_id, admitted_day, reserved_seconds=-reserved)
