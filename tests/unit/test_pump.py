@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from batchyard.runtime.pump import OutputPump, Part
 
@@ -54,3 +55,27 @@ def test_the_rest_of_a_cut_line_at_end_of_file_is_a_later_piece() -> None:
 def test_a_handler_that_raises_does_not_stop_the_pump() -> None:
     assert pumped(b"one\nbad\ntwo\n", fail_on=b"bad") == [(b"one", Part.WHOLE),
                                                           (b"two", Part.WHOLE)]
+
+
+def test_a_tick_that_raises_does_not_stop_the_pump() -> None:
+    read, write = os.pipe()
+    seen: list[bytes] = []
+    ticks: list[None] = []
+
+    def tick() -> None:
+        ticks.append(None)
+        raise RuntimeError("a failed log flush")
+
+    pump = OutputPump([(read, "stdout", 1024)], lambda _n, line, _p: seen.append(line), tick,
+                      0.01)
+    pump.start()
+    try:
+        os.write(write, b"before\n")
+        time.sleep(0.1)  # several ticks fail meanwhile
+        os.write(write, b"after\n")
+    finally:
+        os.close(write)
+    pump.finish(timeout=5)
+    os.close(read)
+    assert len(ticks) >= 2
+    assert seen == [b"before", b"after"]

@@ -82,7 +82,10 @@ class OutputPump:
                     buffer += data
                     self._split(name, buffer, limit, key.fd, cutting)
                 if time.monotonic() >= next_tick:
-                    self._tick()
+                    try:
+                        self._tick()
+                    except Exception:  # a failed flush or disk check must not stop draining
+                        log.exception("the periodic log flush and checks failed")
                     next_tick = time.monotonic() + self._interval
         finally:
             selector.close()
