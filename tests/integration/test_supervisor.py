@@ -179,3 +179,34 @@ def main():
     assert result.outcome is AttemptOutcome.FAILED
     assert result.error is not None and result.error.startswith("disk_limit_exceeded:")
     assert result.runtime_seconds < 10
+
+
+def test_a_stop_between_two_steps_is_kept_for_the_next_step() -> None:
+    from batchyard.runtime.supervisor import _Stops
+
+    stops = _Stops()
+    seen: list[tuple[AttemptOutcome, str]] = []
+    stops.stop(AttemptOutcome.INTERRUPTED, "the server is stopping")  # no step attached yet
+    stops.attach(lambda reason, detail: seen.append((reason, detail)))
+    assert seen == [(AttemptOutcome.INTERRUPTED, "the server is stopping")]
+    stops.detach()
+    stops.stop(AttemptOutcome.CANCELLED, "cancelled")  # between steps again: kept
+    assert len(seen) == 1
+
+
+def test_a_stop_as_soon_as_the_attempt_is_known_ends_it_before_main_runs(
+        supervisor: Supervisor, tmp_path: Path) -> None:
+    import threading
+
+    marker = tmp_path / "main-ran"
+    outcome: list[AttemptResult] = []
+    claimed = attempt(f"def main():\n    open({str(marker)!r}, 'w').close()\n", deadline=20)
+    running = threading.Thread(target=lambda: outcome.append(run(supervisor, claimed)[0]))
+    running.start()
+    # The supervisor knows the attempt from the first instant of run(): no window in which
+    # a shutdown's stop finds nothing to stop and is lost.
+    while not supervisor.stop(claimed.execution_id, AttemptOutcome.INTERRUPTED, "stopping"):
+        assert running.is_alive() or outcome, "the attempt ended without being stoppable"
+    running.join(20)
+    assert outcome[0].outcome is AttemptOutcome.INTERRUPTED
+    assert not marker.exists()

@@ -61,6 +61,33 @@ class RuntimeLimits:
     disk_bytes: int = 0
 
 
+class _Stops:
+    """Where a stop from outside goes: to the step running now, or kept for the next."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: tuple[AttemptOutcome, str] | None = None
+        self._current: Callable[[AttemptOutcome, str], None] | None = None
+
+    def stop(self, reason: AttemptOutcome, detail: str) -> None:
+        with self._lock:
+            self._pending = (reason, detail)
+            current = self._current
+        if current is not None:
+            current(reason, detail)
+
+    def attach(self, stopper: Callable[[AttemptOutcome, str], None]) -> None:
+        with self._lock:
+            self._current = stopper
+            pending = self._pending
+        if pending is not None:
+            stopper(*pending)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._current = None
+
+
 @dataclass
 class _Stop:
     """Why the supervisor killed the child, when it did."""
@@ -84,19 +111,32 @@ class Supervisor:
         self.requests: dict[str, RequestHandler] = dict(requests or {})
         # Dependencies: where jobs' requirements.txt are installed (runtime/envcache.py).
         self.environments = environments
-        self._running: dict[str, Callable[[AttemptOutcome, str], None]] = {}
+        self._running: dict[str, _Stops] = {}
         self._lock = threading.Lock()
 
     def stop(self, execution_id: str, reason: AttemptOutcome, detail: str) -> bool:
         """Kill a running attempt from outside (cancel, lost lease, shutdown)."""
         with self._lock:
-            stopper = self._running.get(execution_id)
-        if stopper is None:
+            stops = self._running.get(execution_id)
+        if stops is None:
             return False
-        stopper(reason, detail)
+        stops.stop(reason, detail)
         return True
 
     def run(self, attempt: ClaimedAttempt, write_logs: LogWriter) -> AttemptResult:
+        # A stop that arrives between two steps (after the install, before the child is
+        # spawned) is kept and applied by the next step, never lost.
+        stops = _Stops()
+        with self._lock:
+            self._running[attempt.execution_id] = stops
+        try:
+            return self._run(attempt, write_logs, stops)
+        finally:
+            with self._lock:
+                self._running.pop(attempt.execution_id, None)
+
+    def _run(self, attempt: ClaimedAttempt, write_logs: LogWriter,
+             stops: _Stops) -> AttemptResult:
         sink = LogSink(write_logs, lambda: datetime.now(UTC),
                        secrets=attempt.secret_values, first_seq=attempt.log_seq,
                        used_bytes=attempt.log_bytes, truncated=attempt.log_truncated,
@@ -107,7 +147,7 @@ class Supervisor:
                  f"deadline {attempt.deadline_seconds:g} s", "info")
         # Dependencies: the environment stays held (never evicted) until the child has ended.
         held = contextlib.ExitStack()
-        site_dirs, ended = self._environment(attempt, sink, held)
+        site_dirs, ended = self._environment(attempt, sink, held, stops)
         if ended is not None:
             held.close()
             return replace(ended, logs=sink.close())
@@ -124,7 +164,7 @@ class Supervisor:
             # Sandbox: the attempt's uid is claimed for the child's lifetime only.
             with self.sandbox.confine(workspace, [Path(d) for d in site_dirs]) as confinement:
                 result = self._run_child(attempt, workspace.code, workspace.output,
-                                         workspace.tmp, sink, confinement, site_dirs)
+                                         workspace.tmp, sink, confinement, stops, site_dirs)
         except BaseException:
             sink.close()
             raise
@@ -133,8 +173,8 @@ class Supervisor:
             held.close()
         return replace(result, logs=sink.close())
 
-    def _environment(self, attempt: ClaimedAttempt, sink: LogSink,
-                     held: contextlib.ExitStack) -> tuple[tuple[str, ...], AttemptResult | None]:
+    def _environment(self, attempt: ClaimedAttempt, sink: LogSink, held: contextlib.ExitStack,
+                     stops: _Stops) -> tuple[tuple[str, ...], AttemptResult | None]:
         """Dependencies: the folder of the job's requirements, installed first when no
         attempt did before (SPEC 5), entered into ``held``; or how the attempt ended.
 
@@ -166,8 +206,7 @@ class Supervisor:
                 flushed[0] = time.monotonic()
                 sink.flush()
 
-        with self._lock:
-            self._running[attempt.execution_id] = stopper
+        stops.attach(stopper)
         try:
             environment = held.enter_context(
                 self.environments.lease(normalised, on_output, interrupt))
@@ -181,8 +220,7 @@ class Supervisor:
         except InstallFailed as exc:
             return (), self._install_failed(sink, exc.message)
         finally:
-            with self._lock:
-                self._running.pop(attempt.execution_id, None)
+            stops.detach()
         if stop.reason is not None:  # stopped just as the install ended: the job never starts
             return (), AttemptResult(stop.reason, 0.0, None, stop.detail, datetime.now(UTC))
         how = (f"installed in {environment.seconds:.1f} s" if environment.built
@@ -200,7 +238,7 @@ class Supervisor:
                              final_failure=DEPENDENCY_INSTALL_FAILED)
 
     def _run_child(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
-                   tmp_dir: Path, sink: LogSink, confinement: Confinement,
+                   tmp_dir: Path, sink: LogSink, confinement: Confinement, stops: _Stops,
                    site_dirs: tuple[str, ...] = ()) -> AttemptResult:
         parent_end, child_end = socket.socketpair()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_dir),
@@ -252,8 +290,7 @@ class Supervisor:
             stopped.set()
             kill_tree(process.pid, self.limits.kill_grace_seconds)
 
-        with self._lock:
-            self._running[attempt.execution_id] = stopper
+        stops.attach(stopper)
         timer = threading.Timer(attempt.deadline_seconds, stopper, args=(
             AttemptOutcome.TIMED_OUT,
             f"killed at its deadline of {attempt.deadline_seconds:g} s"
@@ -302,8 +339,7 @@ class Supervisor:
         finally:
             timer.cancel()
             os.close(liveness_write)
-            with self._lock:
-                self._running.pop(attempt.execution_id, None)
+            stops.detach()
         runtime = time.monotonic() - started
         # Whatever the job left behind in its group goes with it.
         kill_group_now(process.pid)
