@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import logging
 import re
-import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus
 
-import psycopg
-import pymysql
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -80,6 +78,19 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+# The drivers' base error classes by module. A server on SQLite alone never imports
+# psycopg or PyMySQL (~10 MiB resident): a driver not loaded cannot have raised.
+_DRIVER_ERRORS = {"sqlite3": "Error", "psycopg": "Error", "pymysql": "MySQLError"}
+
+
+def _is_driver_error(exc: BaseException, *modules: str) -> bool:
+    for module_name in modules or tuple(_DRIVER_ERRORS):
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, _DRIVER_ERRORS[module_name])):
+            return True
+    return False
+
+
 def describe_error(exc: BaseException) -> str:
     """The driver's own message, without SQLAlchemy's wrapping (not yet scrubbed)."""
     if isinstance(exc, QueryRefused | QueryStopped | ReplyTooLarge):
@@ -88,9 +99,9 @@ def describe_error(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
-    if isinstance(exc, pymysql.MySQLError) and len(exc.args) == 2:
+    if _is_driver_error(exc, "pymysql") and len(exc.args) == 2:
         return f"{exc.args[1]} (MySQL error {exc.args[0]})"
-    if isinstance(exc, psycopg.Error | sqlite3.Error | pymysql.MySQLError):
+    if _is_driver_error(exc):
         text = str(exc).strip()
         return text or type(exc).__name__
     return _BACKGROUND.sub("", f"{type(exc).__name__}: {exc}")
@@ -211,8 +222,8 @@ class DatabaseBroker:
                                 multi, self.limits, guard)
         except Exception as exc:  # every failure is answered, scrubbed
             error = scrub(describe_error(exc), credentials_in(url))[:MAX_ERROR_CHARS]
-            if not isinstance(exc, DBAPIError | psycopg.Error | sqlite3.Error | pymysql.MySQLError
-                              | QueryRefused | QueryStopped | ReplyTooLarge):
+            if not (_is_driver_error(exc) or isinstance(
+                    exc, DBAPIError | QueryRefused | QueryStopped | ReplyTooLarge)):
                 log.warning("query of %s on %s failed: %s", attempt.execution_id, target, error)
             return {"ok": False, "error": error, LOG_NOTE: (
                 f"query on {target} failed after {_ms(started)} ms: {error}", "warn")}

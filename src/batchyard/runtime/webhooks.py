@@ -19,6 +19,7 @@ service. Redirects are not followed (they would skip that check).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -30,7 +31,6 @@ from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import httpcore
-import httpx
 
 from batchyard import __version__
 from batchyard.runtime.smtp import DeliveryFailure
@@ -140,6 +140,13 @@ class _PinnedBackend(httpcore.NetworkBackend):
         time.sleep(seconds)
 
 
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
 class WebhookPoster:
     def __init__(self, timeout_seconds: float, allow_private: bool = False,
                  resolver: Resolver = system_resolver,
@@ -147,7 +154,8 @@ class WebhookPoster:
         self.timeout_seconds = timeout_seconds
         self.allow_private = allow_private
         self._resolver = resolver
-        self._ssl_context = ssl_context or httpx.create_ssl_context()
+        # Made at the first https call: importing httpx costs every server ~6 MiB.
+        self._ssl_context = ssl_context
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
         """POST ``body``; return the status, or raise DeliveryFailure (retried unless permanent)."""
@@ -197,7 +205,8 @@ class WebhookPoster:
         timeout = self.timeout_seconds
         try:
             with httpcore.ConnectionPool(
-                    ssl_context=self._ssl_context, max_connections=1, retries=0,
+                    ssl_context=self._ssl_context or _default_ssl_context(),
+                    max_connections=1, retries=0,
                     network_backend=_PinnedBackend(addresses, deadline)) as pool, \
                     pool.stream("POST", url, headers=request_headers, content=body,
                                 extensions={"timeout": {"connect": timeout, "read": timeout,
