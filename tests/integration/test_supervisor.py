@@ -210,3 +210,32 @@ def test_a_stop_as_soon_as_the_attempt_is_known_ends_it_before_main_runs(
     running.join(20)
     assert outcome[0].outcome is AttemptOutcome.INTERRUPTED
     assert not marker.exists()
+
+
+def test_an_old_attempts_stop_and_end_never_reach_a_newer_attempt_of_the_same_execution(
+        supervisor: Supervisor) -> None:
+    import dataclasses
+    import threading
+    import time
+
+    sleeper = "import time\ndef main():\n    time.sleep(30)\n"
+    old = attempt(sleeper, deadline=30)
+    new = dataclasses.replace(attempt(sleeper, deadline=30), number=2)
+    results: dict[int, AttemptResult] = {}
+
+    def running(claimed: ClaimedAttempt) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.update(
+            {claimed.number: run(supervisor, claimed)[0]}))
+        thread.start()
+        return thread
+
+    first, second = running(old), running(new)
+    time.sleep(1.0)
+    # The sweeper gave the execution to attempt 2; attempt 1's worker learns it lost its lease.
+    assert supervisor.stop(old.execution_id, AttemptOutcome.INTERRUPTED, "lost lease", 1)
+    first.join(20)
+    assert results[1].outcome is AttemptOutcome.INTERRUPTED
+    assert second.is_alive()  # untouched by attempt 1's stop and by its end
+    assert supervisor.stop(new.execution_id, AttemptOutcome.CANCELLED, "cancelled")
+    second.join(20)
+    assert results[2].outcome is AttemptOutcome.CANCELLED

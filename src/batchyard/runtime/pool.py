@@ -43,7 +43,7 @@ class WorkerPool:
         self._signals = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._running: dict[str, ClaimedAttempt] = {}
+        self._running: dict[tuple[str, int], ClaimedAttempt] = {}
         self._running_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -63,10 +63,11 @@ class WorkerPool:
         """Stop claiming, kill running attempts (recorded as interrupted, retried if allowed)."""
         self._stopping.set()
         with self._running_lock:
-            running = list(self._running)
-        for execution_id in running:
-            self.supervisor.stop(execution_id, AttemptOutcome.INTERRUPTED,
-                                 "the server was shut down while this attempt ran")
+            running = list(self._running.values())
+        for attempt in running:
+            self.supervisor.stop(attempt.execution_id, AttemptOutcome.INTERRUPTED,
+                                 "the server was shut down while this attempt ran",
+                                 attempt.number)
         with self._wake:
             self._wake.notify_all()
         for thread in self._threads:
@@ -106,8 +107,9 @@ class WorkerPool:
             return False
         # Another worker may take the next queued execution while this one runs.
         self.wake()
+        key = (attempt.execution_id, attempt.number)
         with self._running_lock:
-            self._running[attempt.execution_id] = attempt
+            self._running[key] = attempt
         try:
             result = self.supervisor.run(attempt, self.log_writer(attempt))
         except Exception as exc:
@@ -119,7 +121,7 @@ class WorkerPool:
                                    self.platform.clock.now())
         finally:
             with self._running_lock:
-                self._running.pop(attempt.execution_id, None)
+                self._running.pop(key, None)
         queue.finish_attempt(self.platform, attempt, result)
         return True
 
@@ -142,9 +144,11 @@ class WorkerPool:
                     continue
                 if not ours:
                     self.supervisor.stop(attempt.execution_id, AttemptOutcome.INTERRUPTED,
-                                         "this worker lost its lease on the execution")
+                                         "this worker lost its lease on the execution",
+                                         attempt.number)
                 elif cancel:
-                    self.cancel(attempt.execution_id)
+                    self.supervisor.stop(attempt.execution_id, AttemptOutcome.CANCELLED,
+                                         "cancelled by a user", attempt.number)
 
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(self.timing.sweep_interval):

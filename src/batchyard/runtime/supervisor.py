@@ -111,29 +111,35 @@ class Supervisor:
         self.requests: dict[str, RequestHandler] = dict(requests or {})
         # Dependencies: where jobs' requirements.txt are installed (runtime/envcache.py).
         self.environments = environments
-        self._running: dict[str, _Stops] = {}
+        # By (execution, attempt number): a late stop or end of an old attempt must never
+        # reach a newer attempt of the same execution running on this node.
+        self._running: dict[tuple[str, int], _Stops] = {}
         self._lock = threading.Lock()
 
-    def stop(self, execution_id: str, reason: AttemptOutcome, detail: str) -> bool:
-        """Kill a running attempt from outside (cancel, lost lease, shutdown)."""
+    def stop(self, execution_id: str, reason: AttemptOutcome, detail: str,
+             number: int | None = None) -> bool:
+        """Kill a running attempt from outside (cancel, lost lease, shutdown): attempt
+        ``number`` of the execution, or whichever of its attempts runs here."""
         with self._lock:
-            stops = self._running.get(execution_id)
-        if stops is None:
-            return False
-        stops.stop(reason, detail)
-        return True
+            found = [stops for (execution, attempt), stops in self._running.items()
+                     if execution == execution_id and number in (None, attempt)]
+        for stops in found:
+            stops.stop(reason, detail)
+        return bool(found)
 
     def run(self, attempt: ClaimedAttempt, write_logs: LogWriter) -> AttemptResult:
         # A stop that arrives between two steps (after the install, before the child is
         # spawned) is kept and applied by the next step, never lost.
         stops = _Stops()
+        key = (attempt.execution_id, attempt.number)
         with self._lock:
-            self._running[attempt.execution_id] = stops
+            self._running[key] = stops
         try:
             return self._run(attempt, write_logs, stops)
         finally:
             with self._lock:
-                self._running.pop(attempt.execution_id, None)
+                if self._running.get(key) is stops:
+                    del self._running[key]
 
     def _run(self, attempt: ClaimedAttempt, write_logs: LogWriter,
              stops: _Stops) -> AttemptResult:
