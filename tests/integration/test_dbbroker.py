@@ -7,6 +7,7 @@ URL is stored through the operator's use case, encrypted, like in production.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
@@ -361,7 +362,9 @@ def test_the_end_of_its_attempt_cancels_a_running_query(
         if target.kind != "sqlite":
             assert wait_until_not_sleeping(target) == 0
         # Another attempt of the same account is not affected.
-        assert ask(patient, account, "select count(*) as n from leads")["rows"] == [{"n": 2}]
+        retry = dataclasses.replace(attempt_of(account), number=2)
+        assert patient(retry, {"type": "db", "target": "main", "multi": False,
+                               "sql": "select count(*) as n from leads"})["rows"] == [{"n": 2}]
     finally:
         patient.close()
 
@@ -530,3 +533,18 @@ def test_the_operator_cannot_store_an_unsupported_database_url(
 
     assert refused.value.extra["field"] == "databases.etl"
     assert "Oracle-Secret" not in refused.value.message
+
+
+def test_a_query_of_an_attempt_that_already_ended_never_starts(
+        platform: Platform, make_account: Callable[..., Account], target: Target) -> None:
+    account = account_with(platform, make_account, main=target.url)
+    broker = DatabaseBroker(platform, LIMITS)
+    try:
+        # The attempt ended while its request was still looking up the account's URL.
+        broker.cancel_attempt(attempt_of(account))
+        started = time.monotonic()
+        reply = ask(broker, account, UNBOUNDED.get(target.kind, SLOW["sqlite"]), multi=True)
+        assert reply == {"ok": False, "error": "The query was cancelled: its attempt ended."}
+        assert time.monotonic() - started < 1
+    finally:
+        broker.close()

@@ -168,6 +168,10 @@ class EnginePools:
             pool.engine.dispose()
 
 
+# How long an ended attempt is remembered: longer than any lookup before its query starts.
+ENDED_MEMORY_SECONDS = 600.0
+
+
 class DatabaseBroker:
     """Registered as the supervisor's "db" request handler (one call per query)."""
 
@@ -177,6 +181,9 @@ class DatabaseBroker:
         self.pools = EnginePools(limits)
         # The guards of the requests running now, by attempt: its end stops them.
         self._running: dict[tuple[str, int], set[RequestGuard]] = {}
+        # Attempts that ended (monotonic time): a query of theirs that was still being
+        # looked up when they ended must not start afterwards.
+        self._ended: dict[tuple[str, int], float] = {}
         self._running_lock = threading.Lock()
 
     def close(self) -> None:
@@ -184,8 +191,13 @@ class DatabaseBroker:
 
     def cancel_attempt(self, attempt: ClaimedAttempt, why: str = ATTEMPT_ENDED) -> int:
         """Stop the queries an attempt still runs (it ended); return how many."""
+        now = time.monotonic()
         with self._running_lock:
-            guards = list(self._running.get((attempt.execution_id, attempt.number), ()))
+            key = (attempt.execution_id, attempt.number)
+            guards = list(self._running.get(key, ()))
+            self._ended[key] = now
+            for old in [k for k, at in self._ended.items() if now - at > ENDED_MEMORY_SECONDS]:
+                del self._ended[old]
         for guard in guards:
             guard.stop(why)
         return len(guards)
@@ -216,6 +228,8 @@ class DatabaseBroker:
         guard = RequestGuard(self.limits.statement_timeout_seconds)
         running = (attempt.execution_id, attempt.number)
         with self._running_lock:
+            if running in self._ended:
+                return {"ok": False, "error": ATTEMPT_ENDED}
             self._running.setdefault(running, set()).add(guard)
         try:
             results = run_query(self.pools.engine(attempt.account_id, target, url), sql,
