@@ -74,3 +74,18 @@ def test_a_folder_the_walk_is_refused_is_a_violation(tmp_path: Path) -> None:
     message = describe_violation(usage, 10 * MIB)
     assert usage.unreadable == str(tmp_path / "code")
     assert message is not None and message.startswith("disk_limit_exceeded:")
+
+
+def test_a_file_with_several_links_counts_once(tmp_path: Path) -> None:
+    (tmp_path / "data").write_bytes(os.urandom(2 * MIB))
+    for n in range(4):
+        os.link(tmp_path / "data", tmp_path / f"link{n}")
+    assert 2 * MIB <= disk_usage([tmp_path]).bytes < 2 * MIB + 64 * 1024
+
+
+def test_an_open_file_whose_name_says_deleted_but_is_not_counts_once(tmp_path: Path) -> None:
+    path = tmp_path / "x (deleted)"
+    with open(path, "wb") as held:
+        held.write(os.urandom(2 * MIB))
+        held.flush()
+        assert disk_usage([tmp_path], [os.getpid()]).bytes < 2 * MIB + 64 * 1024

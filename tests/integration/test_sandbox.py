@@ -462,3 +462,30 @@ def main():
     assert result.outcome is AttemptOutcome.FAILED, (result.error, logs)
     assert result.error is not None and result.error.startswith("disk_limit_exceeded:")
     assert result.runtime_seconds < 10
+
+
+def test_a_detached_process_holding_deleted_files_is_still_measured(server: Server) -> None:
+    # A double fork leaves the job's process tree (under rlimits there is no PID namespace
+    # to keep it in); the attempt's uid still says whose it is.
+    result, logs = run(server, attempt("""
+import os, time
+def main():
+    if os.fork() == 0:
+        if os.fork() == 0:
+            held = []
+            for n in range(40):
+                path = os.path.join(os.environ["OUTPUT_DIR"], f"part{n}")
+                handle = open(path, "wb")
+                os.unlink(path)
+                handle.write(os.urandom(512 * 1024))
+                handle.flush()
+                held.append(handle)
+                time.sleep(0.05)
+            time.sleep(30)
+        os._exit(0)
+    time.sleep(30)
+""", deadline=30))
+    assert result.outcome is AttemptOutcome.FAILED, (result.error, logs)
+    assert result.error is not None and result.error.startswith("disk_limit_exceeded:")
+    assert result.runtime_seconds < 10
+

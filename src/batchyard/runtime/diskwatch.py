@@ -37,6 +37,7 @@ def disk_usage(folders: Iterable[Path], pids: Iterable[int] = ()) -> DiskUsage:
     plus deleted files under them that the processes ``pids`` still hold open."""
     roots = [str(folder) for folder in folders]
     total, entries = 0, 0
+    linked: set[tuple[int, int]] = set()  # a file with several links takes its blocks once
     stack = list(roots)
     while stack:
         folder = stack.pop()
@@ -52,6 +53,10 @@ def disk_usage(folders: Iterable[Path], pids: Iterable[int] = ()) -> DiskUsage:
                         continue  # removed meanwhile
                     except OSError:
                         return DiskUsage(total, entries, unreadable=entry.path)
+                    if info.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
+                        if (info.st_dev, info.st_ino) in linked:
+                            continue
+                        linked.add((info.st_dev, info.st_ino))
                     total += info.st_blocks * 512
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
@@ -76,11 +81,12 @@ def _deleted_open_bytes(roots: list[str], pids: Iterable[int]) -> int:
         for descriptor in descriptors:
             path = f"{fd_dir}/{descriptor}"
             try:
-                target = os.readlink(path)
-                if not (target.endswith(" (deleted)") and target.startswith(prefixes)):
+                if not os.readlink(path).startswith(prefixes):
                     continue
                 info = os.stat(path)
             except OSError:
+                continue
+            if info.st_nlink != 0:  # still in a folder: the walk counted it
                 continue
             if (info.st_dev, info.st_ino) not in seen:
                 seen.add((info.st_dev, info.st_ino))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -43,6 +45,63 @@ def descendants(pid: int) -> set[int]:
                 found.add(child)
                 stack.append(child)
     return found
+
+
+@dataclass(frozen=True)
+class ProcessTable:
+    """Parent and owner of every process, as /proc showed them at one moment."""
+
+    parents: dict[int, int]
+    owners: dict[int, int]
+
+    def descendants(self, pid: int) -> set[int]:
+        children: dict[int, list[int]] = {}
+        for child, parent in self.parents.items():
+            children.setdefault(parent, []).append(child)
+        found: set[int] = set()
+        stack = [pid]
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child not in found:
+                    found.add(child)
+                    stack.append(child)
+        return found
+
+    def owned_by(self, uid: int) -> set[int]:
+        return {pid for pid, owner in self.owners.items() if owner == uid}
+
+
+_table_lock = threading.Lock()
+_table: tuple[float, ProcessTable] | None = None
+
+
+def process_table(max_age: float = 0.5) -> ProcessTable:
+    """A snapshot of /proc no older than ``max_age``, shared by every caller.
+
+    Each running attempt's periodic check needs the processes of its job; reading
+    /proc costs ~85 µs a process, so a host with a thousand processes and sixteen
+    attempts would spend more than a core on it without sharing one read.
+    """
+    global _table
+    with _table_lock:
+        if _table is not None and time.monotonic() - _table[0] < max_age:
+            return _table[1]
+        parents: dict[int, int] = {}
+        owners: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                owners[int(entry.name)] = entry.stat().st_uid
+                stat_line = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat_line.rsplit(")", 1)[-1].split()
+            if len(fields) > 1:
+                parents[int(entry.name)] = int(fields[1])
+        table = ProcessTable(parents, owners)
+        _table = (time.monotonic(), table)
+        return table
 
 
 def _signal(pids: set[int], pgid: int, sig: int) -> None:

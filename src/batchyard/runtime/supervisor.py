@@ -28,7 +28,7 @@ from batchyard.errors import BatchyardError, InvalidCode
 from batchyard.runtime.diskwatch import describe_violation, disk_usage
 from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.logsink import LogSink, LogWriter
-from batchyard.runtime.processes import descendants, kill_group_now, kill_tree
+from batchyard.runtime.processes import kill_group_now, kill_tree, process_table
 from batchyard.runtime.pump import OutputPump, Part
 from batchyard.runtime.requests import Reply, RequestDispatcher, RequestHandler
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
@@ -329,7 +329,13 @@ class Supervisor:
             sink.flush()
             if not self.limits.disk_bytes or time.monotonic() < next_disk_check[0]:
                 return
-            usage = disk_usage(watched, {process.pid} | descendants(process.pid))
+            # The job's processes: its tree, and under the rlimits level (no PID namespace:
+            # a double fork leaves the tree) every process of the attempt's own uid.
+            table = process_table()
+            pids = {process.pid} | table.descendants(process.pid)
+            if confinement.sweep_uid is not None:
+                pids |= table.owned_by(confinement.sweep_uid)
+            usage = disk_usage(watched, pids)
             violation = describe_violation(usage, self.limits.disk_bytes)
             if violation is not None:
                 stopper(AttemptOutcome.FAILED, violation)
