@@ -16,43 +16,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def _parents() -> dict[int, int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat_line = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: split after the last ')'.
-        fields = stat_line.rsplit(")", 1)[-1].split()
-        if len(fields) > 1:
-            parents[int(entry.name)] = int(fields[1])
-    return parents
-
-
-def descendants(pid: int) -> set[int]:
-    parents = _parents()
-    children: dict[int, list[int]] = {}
-    for child, parent in parents.items():
-        children.setdefault(parent, []).append(child)
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
 @dataclass(frozen=True)
 class ProcessTable:
     """Parent and owner of every process, as /proc showed them at one moment."""
 
     parents: dict[int, int]
     owners: dict[int, int]
+
+    @classmethod
+    def read(cls) -> ProcessTable:
+        parents: dict[int, int] = {}
+        owners: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                owners[int(entry.name)] = entry.stat().st_uid
+                stat_line = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            # The command name may contain spaces and parentheses: split after the last ')'.
+            fields = stat_line.rsplit(")", 1)[-1].split()
+            if len(fields) > 1:
+                parents[int(entry.name)] = int(fields[1])
+        return cls(parents, owners)
 
     def descendants(self, pid: int) -> set[int]:
         children: dict[int, list[int]] = {}
@@ -71,6 +58,11 @@ class ProcessTable:
         return {pid for pid, owner in self.owners.items() if owner == uid}
 
 
+def descendants(pid: int) -> set[int]:
+    """The process tree below ``pid`` now (a kill must not act on an old snapshot)."""
+    return ProcessTable.read().descendants(pid)
+
+
 _table_lock = threading.Lock()
 _table: tuple[float, ProcessTable] | None = None
 
@@ -84,24 +76,9 @@ def process_table(max_age: float = 0.5) -> ProcessTable:
     """
     global _table
     with _table_lock:
-        if _table is not None and time.monotonic() - _table[0] < max_age:
-            return _table[1]
-        parents: dict[int, int] = {}
-        owners: dict[int, int] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                owners[int(entry.name)] = entry.stat().st_uid
-                stat_line = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            fields = stat_line.rsplit(")", 1)[-1].split()
-            if len(fields) > 1:
-                parents[int(entry.name)] = int(fields[1])
-        table = ProcessTable(parents, owners)
-        _table = (time.monotonic(), table)
-        return table
+        if _table is None or time.monotonic() - _table[0] >= max_age:
+            _table = (time.monotonic(), ProcessTable.read())
+        return _table[1]
 
 
 def _signal(pids: set[int], pgid: int, sig: int) -> None:
