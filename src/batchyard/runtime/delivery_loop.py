@@ -30,6 +30,7 @@ from batchyard.domain.notifications import (
     summary_text,
     webhook_body,
 )
+from batchyard.runtime.driver import Driver, seconds_until
 from batchyard.runtime.smtp import DeliveryFailure, Mailer, OutgoingEmail
 from batchyard.runtime.webhooks import WebhookPoster
 from batchyard.services import notifications
@@ -54,9 +55,10 @@ class DeliveryPolicy:
     senders: int = 4
 
 
-class DeliveryLoop:
+class DeliveryLoop(Driver):
     def __init__(self, platform: Platform, mailer: Mailer | None, webhooks: WebhookPoster,
                  public_url: str, policy: DeliveryPolicy, max_sleep: float = 5.0) -> None:
+        super().__init__("delivery", log)
         self.platform = platform
         self.mailer = mailer
         self.webhooks = webhooks
@@ -64,23 +66,12 @@ class DeliveryLoop:
         lease = max(policy.lease_seconds, LEASE_PER_SEND_TIMEOUT * webhooks.timeout_seconds)
         self.policy = replace(policy, lease_seconds=lease)
         self.max_sleep = max_sleep
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(policy.senders, thread_name_prefix="delivery")
         self._sending = 0
         self._idle = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(timeout)
+        super().stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.webhooks.close()
 
@@ -97,11 +88,8 @@ class DeliveryLoop:
             self._hand_over(delivery)
         if claimed and len(claimed) == limit:
             return 0.0
-        due = notifications.next_due(self.platform)
-        if due is None:
-            return self.max_sleep
-        wait = (due - self.platform.clock.now()).total_seconds()
-        return min(max(wait, 0.0), self.max_sleep)
+        return seconds_until(notifications.next_due(self.platform), self.platform.clock.now(),
+                             self.max_sleep)
 
     def settle(self, timeout: float = 30.0) -> bool:
         """Wait until no send is under way; False when some still is after ``timeout``."""
@@ -181,14 +169,3 @@ class DeliveryLoop:
         if sealed:
             headers[SIGNATURE_HEADER] = signature(self.platform.secrets.decrypt(sealed), body)
         self.webhooks.post(str(delivery.payload["url"]), body, headers)
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            # Cleared before the step: a wake during the step is not lost.
-            self._wake.clear()
-            try:
-                wait = self.step()
-            except Exception:
-                log.exception("delivery step failed")
-                wait = 1.0
-            self._wake.wait(wait)
