@@ -21,6 +21,9 @@ class BlockReason(StrEnum):
     JOB_INVOCATIONS_EXCEEDED = "job_invocations_exceeded"
     RUNTIME_BUDGET_INSUFFICIENT = "runtime_budget_insufficient"
     ALREADY_RUNNING = "already_running"
+    # The published revision was valid when published, but the operator lowered the plan
+    # since: the plan in force now decides, until the job is re-published within it.
+    REVISION_EXCEEDS_PLAN = "revision_exceeds_plan"
 
 
 BLOCK_MESSAGES = {
@@ -33,6 +36,9 @@ BLOCK_MESSAGES = {
         "The run time left for today is less than the job's timeout.",
     BlockReason.ALREADY_RUNNING:
         "The job is already running and its concurrency setting is 'forbid'.",
+    BlockReason.REVISION_EXCEEDS_PLAN:
+        "The published revision asks for more than the account's plan now allows "
+        "(timeout or retries); publish the job again within the plan.",
 }
 
 
@@ -61,12 +67,20 @@ def remaining_budget_seconds(plan: Plan, usage: Usage) -> float:
     return plan.daily_runtime_budget_seconds - usage.runtime_seconds - usage.reserved_seconds
 
 
+def exceeds_plan(plan: Plan, settings: JobSettings) -> bool:
+    """Settings that the plan in force no longer allows (it may have been lowered)."""
+    return (settings.timeout_minutes > plan.max_execution_timeout_minutes
+            or settings.retries > plan.max_retries)
+
+
 def decide_admission(*, enabled: bool, published: bool, plan: Plan, settings: JobSettings,
                      usage: Usage) -> Admission:
     if not enabled:
         return Admission(False, BlockReason.FEATURE_DISABLED)
     if not published:
         return Admission(False, BlockReason.NOT_PUBLISHED)
+    if exceeds_plan(plan, settings):
+        return Admission(False, BlockReason.REVISION_EXCEEDS_PLAN)
     if usage.executions >= plan.max_executions_per_day:
         return Admission(False, BlockReason.EXECUTIONS_PER_DAY_EXCEEDED)
     if usage.job_executions >= plan.max_invocations_per_job_per_day:

@@ -38,6 +38,12 @@ FINISHED = frozenset(s for s in ExecutionStatus if s.finished)
 # pins) fails it again; a passing index outage is the exception, mended by invoking again.
 DEPENDENCY_INSTALL_FAILED = "dependency_install_failed"
 
+# Reasons of executions that ended without an attempt (SPEC §3).
+SETUP_FAILED = "setup_failed"  # the attempt could not be prepared (e.g. a secret)
+RUNTIME_BUDGET_EXHAUSTED = "runtime_budget_exhausted"  # no budget left at the start
+JOB_UNPUBLISHED = "job_unpublished"  # queued when its job was unpublished
+JOB_DELETED = "job_deleted"  # queued when its job was deleted
+
 
 @dataclass(frozen=True)
 class AfterAttempt:
@@ -72,5 +78,5 @@ def after_attempt(outcome: AttemptOutcome, attempt_number: int, retries: int,
         return AfterAttempt(ExecutionStatus.TIMED_OUT, False, "timeout")
     reason = "interrupted" if outcome is AttemptOutcome.INTERRUPTED else "error"
     if retry_left and not budget_ok:
-        reason = "runtime_budget_exhausted"
+        reason = RUNTIME_BUDGET_EXHAUSTED
     return AfterAttempt(ExecutionStatus.FAILED, False, reason)

@@ -62,6 +62,9 @@ _TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _DAY = timedelta(days=1)
 _ZERO = timedelta(0)
 _OFFSET_PROBE = timedelta(hours=6)  # no zone changes its offset twice within 6 hours
+# A fire this late is on time whatever the job's misfire grace (SPEC §4): a scheduler always
+# wakes a little after the instant, so a grace of 0 means "now or never", not "never".
+ON_TIME_TOLERANCE = timedelta(seconds=30)
 _REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)  # start of the "ever fires" probe if no now
 
 
@@ -266,6 +269,11 @@ def _require_fires(schedule: Schedule, start: datetime) -> None:
 
 
 # -- fire instants ------------------------------------------------------------------------
+
+
+def is_late(instant: datetime, now: datetime, grace: timedelta) -> bool:
+    """Whether a fire due at ``instant`` and looked at ``now`` is missed rather than run."""
+    return now - instant > max(grace, ON_TIME_TOLERANCE)
 
 
 def next_fires(schedule: Mapping[str, Any], after: datetime, count: int) -> list[datetime]:

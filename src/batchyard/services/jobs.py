@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from batchyard.domain import codezip
+from batchyard.domain.admission import exceeds_plan
+from batchyard.domain.executions import JOB_DELETED, JOB_UNPUBLISHED
 from batchyard.domain.jobs import (
     JobStatus,
     apply_settings_changes,
@@ -23,11 +26,12 @@ from batchyard.domain.jobs import (
 from batchyard.domain.plans import plan_from_dict
 from batchyard.domain.roles import Permission
 from batchyard.domain.schedules import validate_schedule
-from batchyard.errors import Conflict, InvalidInput, LimitExceeded
+from batchyard.errors import Conflict, InvalidInput, LimitExceeded, NotPublishable
 from batchyard.services import audit, scheduler
 from batchyard.services.context import Actor, Platform
 from batchyard.services.executions import _release_reservation
 from batchyard.services.ids import new_id
+from batchyard.services.scheduler import FireReport
 from batchyard.store import scoped
 from batchyard.store.models import CodeVersion, Execution, Job, Revision, Variable
 
@@ -135,27 +139,43 @@ def delete_job(platform: Platform, actor: Actor, job_id: str) -> Job:
     actor.require(Permission.PUBLISH)
     now = platform.clock.now()
     with platform.db.write() as session:
-        job = scoped.job(session, actor.account_id, job_id)
+        job = _take_out_of_service(session, actor.account_id, job_id, now, JOB_DELETED,
+                                   "The job was deleted before this execution started.")
         job.deleted_at = now
-        job.next_fire_at = None
         before_status = job.status
         job.status = JobStatus.UNPUBLISHED.value if job.status != "draft" else job.status
-        # Strict budget mode: the queued executions cancelled below give back their reservation.
-        for queued in session.scalars(select(Execution).where(
-                Execution.account_id == actor.account_id, Execution.job_id == job.id,
-                Execution.status == "queued", Execution.reserved_seconds > 0)):
-            _release_reservation(session, queued)
-        session.execute(update(Execution).where(
-            Execution.account_id == actor.account_id, Execution.job_id == job.id,
-            Execution.status == "queued").values(
-            status="cancelled", reason="job_deleted", ended_at=now,
-            message="The job was deleted before this execution started."))
         session.execute(update(Execution).where(
             Execution.account_id == actor.account_id, Execution.job_id == job.id,
             Execution.status == "running").values(cancel_requested=True))
         audit.record_by(session, actor, now, "job.delete", job.id, job_id=job.id,
                         before={"name": job.name, "status": before_status})
         return job
+
+
+def _take_out_of_service(session: Session, account_id: str, job_id: str, now: datetime,
+                         reason: str, message: str) -> Job:
+    """Lock the job, then its account, and cancel its queued executions (SPEC §3: only a
+    published job runs; running ones finish).
+
+    The account lock is admission's (services/invoke.py): an invocation that read the job
+    as published either committed before this point, and its execution is cancelled here,
+    or waits and then finds the job out of service. Job before account, as the scheduler
+    takes them, so the two never deadlock.
+    """
+    job = scoped.job(session, account_id, job_id, lock=True)
+    scoped.account(session, account_id, lock=True)
+    job.next_fire_at = None
+    # Strict budget mode: the queued executions cancelled below give back their reservation.
+    for queued in session.scalars(select(Execution).where(
+            Execution.account_id == account_id, Execution.job_id == job.id,
+            Execution.status == "queued", Execution.reserved_seconds > 0)):
+        _release_reservation(session, queued)
+    session.execute(update(Execution).where(
+        Execution.account_id == account_id, Execution.job_id == job.id,
+        Execution.status == "queued").values(
+        status="cancelled", reason=reason, ended_at=now, next_attempt_at=None,
+        message=message))
+    return job
 
 
 def code_size_limit(platform: Platform, actor: Actor, job_id: str) -> int:
@@ -302,8 +322,21 @@ def publish(platform: Platform, actor: Actor, job_id: str) -> Job:
     now = platform.clock.now()
     with platform.db.write() as session:
         job = scoped.job(session, actor.account_id, job_id, lock=True)
+        account = scoped.account(session, actor.account_id, lock=True)
         status = next_status_on_publish(JobStatus(job.status), job.code_version is not None,
                                         job.schedule is not None)
+        plan = plan_from_dict(account.plan)
+        if exceeds_plan(plan, settings_from_dict(job.settings)):
+            raise NotPublishable(
+                f"The job's settings ask for more than the plan allows (timeout at most "
+                f"{plan.max_execution_timeout_minutes:g} minutes, retries at most "
+                f"{plan.max_retries}): change them, then publish.")
+        fired = FireReport()
+        if job.status == "published" and job.next_fire_at is not None \
+                and job.next_fire_at <= now:
+            # An instant that came due under the revision in force is fired (or recorded
+            # missed) with it now: publishing must never drop it (SPEC §4).
+            fired = scheduler.fire_rows(platform, session, [job], now)
         number = (session.scalar(select(func.max(Revision.number)).where(
             Revision.account_id == actor.account_id, Revision.job_id == job.id)) or 0) + 1
         assert job.code_version is not None and job.schedule is not None
@@ -321,6 +354,8 @@ def publish(platform: Platform, actor: Actor, job_id: str) -> Job:
         audit.record_by(session, actor, now, "job.publish", job.id, job_id=job.id,
                         before=before, after={"status": job.status, "revision": number,
                                               "code_version": job.code_version})
+    if fired.queued:
+        platform.on_queued()
     platform.on_schedule_change()
     return job
 
@@ -329,9 +364,9 @@ def unpublish(platform: Platform, actor: Actor, job_id: str) -> Job:
     actor.require(Permission.PUBLISH)
     now = platform.clock.now()
     with platform.db.write() as session:
-        job = scoped.job(session, actor.account_id, job_id, lock=True)
+        job = _take_out_of_service(session, actor.account_id, job_id, now, JOB_UNPUBLISHED,
+                                   "The job was unpublished before this execution started.")
         job.status = next_status_on_unpublish(JobStatus(job.status)).value
-        job.next_fire_at = None
         _touch(job, platform)
         audit.record_by(session, actor, now, "job.unpublish", job.id, job_id=job.id,
                         before={"status": "published"}, after={"status": job.status})

@@ -7,20 +7,44 @@ and the lease owner fence late writes of a worker that lost its lease.
 from __future__ import annotations
 
 import functools
+import logging
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, null, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
 from batchyard.domain.admission import account_day
-from batchyard.domain.executions import AttemptOutcome, ExecutionStatus, after_attempt
+from batchyard.domain.executions import (
+    JOB_DELETED,
+    JOB_UNPUBLISHED,
+    RUNTIME_BUDGET_EXHAUSTED,
+    SETUP_FAILED,
+    AttemptOutcome,
+    ExecutionStatus,
+    after_attempt,
+)
+from batchyard.domain.jobs import JobSettings
 from batchyard.domain.plans import plan_from_dict
 from batchyard.services import notifications
 from batchyard.services.context import Platform
+from batchyard.services.revisions import PublishedCode, PublishedRevision
+from batchyard.services.secrets import SecretUndecryptable
 from batchyard.store import usage
-from batchyard.store.models import Account, Artifact, Attempt, Execution, LogLine, UTCDateTime
+from batchyard.store.models import (
+    Account,
+    Artifact,
+    Attempt,
+    Execution,
+    Job,
+    LogLine,
+    UTCDateTime,
+)
+
+log = logging.getLogger("batchyard.queue")
 
 
 @dataclass(frozen=True)
@@ -118,19 +142,33 @@ def _candidates(session: Session, now: datetime) -> list[str]:
                                              {"now": now, "heads": 4}).scalars())
 
 
+# Claims rounds: each round either starts an attempt, ends a queued execution that cannot
+# run, or finds heads another worker took; bounded so a claim always returns.
+_CLAIM_ROUNDS = 8
+
+
 def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) -> \
         ClaimedAttempt | None:
     now = platform.clock.now()
     with platform.db.write() as session:
         # The conditional UPDATE is the claim: of two workers that pick the same head,
         # one updates it and the other (on PostgreSQL, after waiting for the first to
-        # commit) updates nothing and tries the next head.
-        for execution_id in _candidates(session, now):
-            row = session.connection().execute(_claim_statement(), {
-                "eid": execution_id, "p_worker": worker, "p_now": now,
-                "p_until": now + timedelta(seconds=lease_seconds)}).first()
-            if row is not None:
-                return _start_attempt(platform, session, row._mapping, worker, now)
+        # commit) updates nothing and tries the next head. A head that cannot run (its
+        # job left service, no budget, an attempt that cannot be prepared) is ended in
+        # this transaction and the next head is tried: one bad row never wedges the queue.
+        for _ in range(_CLAIM_ROUNDS):
+            candidates = _candidates(session, now)
+            if not candidates:
+                return None
+            for execution_id in candidates:
+                row = session.connection().execute(_claim_statement(), {
+                    "eid": execution_id, "p_worker": worker, "p_now": now,
+                    "p_until": now + timedelta(seconds=lease_seconds)}).first()
+                if row is None:
+                    continue
+                claimed = _start_attempt(platform, session, row._mapping, worker, now)
+                if claimed is not None:
+                    return claimed
         return None
 
 
@@ -148,46 +186,120 @@ def _claim_statement() -> Any:
             .returning(*(_EXECUTION.c[name] for name in columns)))
 
 
+class _Unstartable(Exception):
+    """The claimed execution ends here, without an attempt: (status, reason, message)."""
+
+    def __init__(self, status: ExecutionStatus, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
 def _start_attempt(platform: Platform, session: Session, execution: Any, worker: str,
-                   now: datetime) -> ClaimedAttempt:
+                   now: datetime) -> ClaimedAttempt | None:
+    """Prepare the claimed attempt; None when the execution was ended instead."""
     connection = session.connection()
-    plan_data, timezone = connection.execute(_ACCOUNT_PLAN,
-                                             {"aid": execution["account_id"]}).one()
-    revision = platform.revisions.get(session, execution["account_id"], execution["job_id"],
-                                      execution["revision"])
-    settings = revision.settings
-    code = platform.revisions.code(session, revision)
-    plan = plan_from_dict(plan_data)
-    day = account_day(now, timezone).isoformat()
-    _, runtime, reserved = usage.account_day_row(session, execution["account_id"], day)
-    # In strict mode this execution's own reservation is part of `reserved` when it was
-    # admitted today; admitted before midnight, it sits on that day's row, not today's.
-    own = execution["reserved_seconds"] if execution["account_day"] == day else 0.0
-    others_reserved = reserved - own
-    remaining = plan.daily_runtime_budget_seconds - runtime - others_reserved
-    deadline = max(0.0, min(settings.timeout_seconds, remaining))
+    context = connection.execute(_CLAIM_CONTEXT, {"aid": execution["account_id"],
+                                                  "jid": execution["job_id"]}).one()
+    # In strict mode a queued execution holds a reservation on the day it was admitted; an
+    # attempt holds its deadline on the day it starts (SPEC §3), so the reservation moves.
+    if execution["reserved_seconds"]:
+        usage.add_account(session, execution["account_id"], execution["account_day"],
+                          reserved_seconds=-execution["reserved_seconds"])
+    settings = None
+    try:
+        if context.deleted_at is not None:
+            raise _Unstartable(ExecutionStatus.CANCELLED, JOB_DELETED,
+                               "The job was deleted before this execution started.")
+        if context.job_status != "published":
+            raise _Unstartable(ExecutionStatus.CANCELLED, JOB_UNPUBLISHED,
+                               "The job was unpublished before this execution started.")
+        revision, code, variables, secret_values = _prepare(platform, session, execution)
+        settings = revision.settings
+        plan = plan_from_dict(context.plan)
+        day = account_day(now, context.timezone).isoformat()
+        _, runtime, reserved = usage.account_day_row(session, execution["account_id"], day)
+        remaining = plan.daily_runtime_budget_seconds - runtime - reserved
+        deadline = min(settings.timeout_seconds, remaining)
+        if deadline <= 0:
+            raise _Unstartable(ExecutionStatus.FAILED, RUNTIME_BUDGET_EXHAUSTED,
+                               "No run time was left in today's budget when this attempt "
+                               "was to start; nothing was run.")
+    except _Unstartable as stop:
+        _end_unstarted(platform, session, execution, now, stop, settings)
+        return None
+    if context.budget_mode == "strict":
+        usage.add_account(session, execution["account_id"], day, reserved_seconds=deadline)
+    connection.execute(_SET_RESERVED, {
+        "eid": execution["id"],
+        "p_reserved": deadline if context.budget_mode == "strict" else 0.0})
     number = execution["attempt_count"]
     connection.execute(_INSERT_ATTEMPT, {
         "account_id": execution["account_id"], "execution_id": execution["id"],
         "number": number, "status": "running", "account_day": day, "started_at": now,
         "deadline_seconds": deadline, "worker": worker})
-    variables: dict[str, str] = {}
-    secret_values: list[str] = []
-    for item in revision.variables:
-        value = platform.secrets.decrypt(item["value"]) if item["secret"] else item["value"]
-        variables[item["key"]] = value
-        if item["secret"] and value:
-            secret_values.append(value)
     return ClaimedAttempt(
         execution_id=execution["id"], account_id=execution["account_id"],
         job_id=execution["job_id"], job_name=execution["job_name"], number=number,
         worker=worker, revision=revision.number, code=code.content,
         main_parameters=code.main_parameters, requirements=code.requirements,
-        variables=variables, secret_values=tuple(secret_values), deadline_seconds=deadline,
+        variables=variables, secret_values=secret_values, deadline_seconds=deadline,
         timeout_seconds=settings.timeout_seconds, params=dict(execution["params"]),
         source=execution["source"], database_access=plan.database_access,
         log_seq=execution["log_seq"], log_bytes=execution["log_bytes"],
         log_truncated=execution["log_truncated"])
+
+
+def _prepare(platform: Platform, session: Session, execution: Any) -> \
+        tuple[PublishedRevision, PublishedCode, dict[str, str], tuple[str, ...]]:
+    """The revision, its code and its variables in clear; _Unstartable when they cannot be had.
+
+    Database errors pass through (the claim rolls back and is tried again): they are the
+    store's, not this execution's. Anything else is this execution's and ends it.
+    """
+    try:
+        revision = platform.revisions.get(session, execution["account_id"],
+                                          execution["job_id"], execution["revision"])
+        code = platform.revisions.code(session, revision)
+        variables: dict[str, str] = {}
+        secret_values: list[str] = []
+        for item in revision.variables:
+            value = platform.secrets.decrypt(item["value"]) if item["secret"] else item["value"]
+            variables[item["key"]] = value
+            if item["secret"] and value:
+                secret_values.append(value)
+    except DBAPIError:
+        raise
+    except SecretUndecryptable:
+        raise _Unstartable(ExecutionStatus.FAILED, SETUP_FAILED,
+                           "The attempt could not be prepared: a secret variable of the "
+                           "published revision cannot be decrypted with the server's key "
+                           "(was the key changed?). Set the variable again and re-publish."
+                           ) from None
+    except Exception:
+        reference = secrets.token_hex(6)
+        log.exception("preparing execution %s failed (reference %s)", execution["id"],
+                      reference)
+        raise _Unstartable(ExecutionStatus.FAILED, SETUP_FAILED,
+                           f"The attempt could not be prepared (internal error, reference "
+                           f"{reference}).") from None
+    return revision, code, variables, tuple(secret_values)
+
+
+def _end_unstarted(platform: Platform, session: Session, execution: Any, now: datetime,
+                   stop: _Unstartable, settings: JobSettings | None) -> None:
+    """End a claimed execution without running anything; its reason goes to its log too."""
+    connection = session.connection()
+    connection.execute(_END_UNSTARTED, {
+        "eid": execution["id"], "p_status": stop.status.value, "p_reason": stop.reason,
+        "p_message": stop.message, "p_ended": now,
+        "p_bytes": len(stop.message.encode())})
+    connection.execute(_INSERT_LOG, {
+        "account_id": execution["account_id"], "execution_id": execution["id"],
+        "seq": execution["log_seq"], "attempt": execution["attempt_count"], "at": now,
+        "stream": "log", "level": "error", "message": stop.message, "data": None})
+    if settings is not None or stop.reason != SETUP_FAILED:
+        notifications.enqueue_execution_end(platform, session, execution["account_id"],
+                                            execution["id"], stop.status.value, settings)
 
 
 _EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
@@ -208,21 +320,42 @@ _LOG_COUNTERS = update(_EXECUTION).where(_OWNED).values(
     log_truncated=bindparam("p_truncated")).returning(_EXECUTION.c.id)
 _RELEASE = update(_EXECUTION).where(_OWNED).values(lease_owner=None) \
     .returning(_EXECUTION.c.id)
+# An attempt is charged at most its deadline (SPEC §3): the time between starting the clock
+# and the spawn, the kill's latency and its grace are not the customer's.
 _END_ATTEMPT = update(_ATTEMPT).where(
     _ATTEMPT.c.execution_id == bindparam("eid"), _ATTEMPT.c.number == bindparam("num")
 ).values(status=bindparam("p_status"), ended_at=bindparam("p_ended"),
-         runtime_seconds=bindparam("p_runtime"), exit_code=bindparam("p_exit"),
-         error=bindparam("p_error")).returning(_ATTEMPT.c.account_day)
+         runtime_seconds=case(
+             (bindparam("p_runtime") > _ATTEMPT.c.deadline_seconds, _ATTEMPT.c.deadline_seconds),
+             else_=bindparam("p_runtime")),
+         exit_code=bindparam("p_exit"),
+         error=bindparam("p_error")).returning(_ATTEMPT.c.account_day, _ATTEMPT.c.runtime_seconds)
 _CHARGE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
     runtime_seconds=_EXECUTION.c.runtime_seconds + bindparam("p_runtime"),
     lease_owner=None, lease_expires_at=None,
 ).returning(_EXECUTION.c.account_id, _EXECUTION.c.job_id, _EXECUTION.c.revision,
-            _EXECUTION.c.cancel_requested, _EXECUTION.c.reserved_seconds,
-            _EXECUTION.c.account_day)
+            _EXECUTION.c.cancel_requested, _EXECUTION.c.reserved_seconds)
 _ACCOUNT_PLAN = select(_ACCOUNT.c.plan, _ACCOUNT.c.timezone) \
     .where(_ACCOUNT.c.id == bindparam("aid"))
+_JOB: Table = Job.__table__  # type: ignore[assignment]
+_CLAIM_CONTEXT = select(_ACCOUNT.c.plan, _ACCOUNT.c.timezone, _ACCOUNT.c.budget_mode,
+                        _JOB.c.status.label("job_status"), _JOB.c.deleted_at) \
+    .join(_JOB, and_(_JOB.c.account_id == _ACCOUNT.c.id, _JOB.c.id == bindparam("jid"))) \
+    .where(_ACCOUNT.c.id == bindparam("aid"))
+_SET_RESERVED = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
+    reserved_seconds=bindparam("p_reserved"))
+# A claimed execution that ends before any attempt: the claim's count and start are undone.
+_END_UNSTARTED = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
+    status=bindparam("p_status"), reason=bindparam("p_reason"),
+    message=bindparam("p_message"), ended_at=bindparam("p_ended"), next_attempt_at=None,
+    lease_owner=None, lease_expires_at=None, reserved_seconds=0.0,
+    attempt_count=_EXECUTION.c.attempt_count - 1,
+    started_at=case((_EXECUTION.c.attempt_count == 1, null()),
+                    else_=_EXECUTION.c.started_at),
+    log_seq=_EXECUTION.c.log_seq + 1, log_bytes=_EXECUTION.c.log_bytes + bindparam("p_bytes"))
 _REQUEUE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
-    status=ExecutionStatus.QUEUED.value, next_attempt_at=bindparam("p_at"))
+    status=ExecutionStatus.QUEUED.value, next_attempt_at=bindparam("p_at"),
+    reserved_seconds=0.0)
 _CLOSE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
     status=bindparam("p_status"), reason=bindparam("p_reason"),
     message=bindparam("p_message"), ended_at=bindparam("p_ended"), next_attempt_at=None,
@@ -307,22 +440,22 @@ def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptR
 def _close_attempt(platform: Platform, session: Session, execution_id: str, number: int,
                    result: AttemptResult) -> None:
     connection = session.connection()
-    day = connection.execute(_END_ATTEMPT, {
+    day, charged = connection.execute(_END_ATTEMPT, {
         "eid": execution_id, "num": number, "p_status": result.outcome.value,
         "p_ended": result.ended_at, "p_runtime": result.runtime_seconds,
-        "p_exit": result.exit_code, "p_error": result.error}).scalar_one()
-    account_id, job_id, revision, cancel_requested, reserved, admitted_day = connection.execute(
-        _CHARGE, {"eid": execution_id, "p_runtime": result.runtime_seconds}).one()
-    # Run time is charged to the day on which the attempt started (SPEC §3).
-    usage.add_account(session, account_id, day, runtime_seconds=result.runtime_seconds)
-    usage.add_job(session, account_id, job_id, day, runtime_seconds=result.runtime_seconds)
+        "p_exit": result.exit_code, "p_error": result.error}).one()
+    account_id, job_id, revision, cancel_requested, reserved = connection.execute(
+        _CHARGE, {"eid": execution_id, "p_runtime": charged}).one()
+    # Run time is charged, and the attempt's reservation (strict mode) given back, on the
+    # day on which the attempt started (SPEC §3).
+    usage.add_account(session, account_id, day, runtime_seconds=charged,
+                      reserved_seconds=-reserved)
+    usage.add_job(session, account_id, job_id, day, runtime_seconds=charged)
     plan_data, timezone = connection.execute(_ACCOUNT_PLAN, {"aid": account_id}).one()
     settings = platform.revisions.get(session, account_id, job_id, revision).settings
     today = account_day(result.ended_at, timezone).isoformat()
     _, used, reserved_today = usage.account_day_row(session, account_id, today)
-    own = reserved if admitted_day == today else 0.0  # see _start_attempt
-    budget_left = (plan_from_dict(plan_data).daily_runtime_budget_seconds - used
-                   - (reserved_today - own))
+    budget_left = plan_from_dict(plan_data).daily_runtime_budget_seconds - used - reserved_today
     cancelled = cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
     outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
     decision = after_attempt(outcome, number, settings.retries, budget_left,
@@ -336,8 +469,6 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     # The outbox rows commit (or roll back) with the final state itself.
     notifications.enqueue_execution_end(platform, session, account_id, execution_id,
                                         decision.status.value, settings)
-    if reserved:
-        usage.add_account(session, account_id, admitted_day, reserved_seconds=-reserved)
 
 
 def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | None = None) -> int:

@@ -9,6 +9,7 @@ the clock, so a slow tick neither skips nor repeats an instant.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from batchyard.store.models import Account, Execution, Job, UTCDateTime, executi
 # transaction of thousands of rows; the next tick continues where this one stopped.
 MAX_INSTANTS_PER_JOB = 500
 JOBS_PER_TRANSACTION = 500
+KEYS_PER_STATEMENT = 5000
 
 _EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
 _INSERT_MISSED = insert(_EXECUTION)
@@ -113,65 +115,85 @@ class _Plan:
 def _fire_batch(platform: Platform, now: datetime) -> FireReport:
     """One transaction for up to JOBS_PER_TRANSACTION due jobs, admitted per account in bulk."""
     with platform.db.write() as session:
-        connection = session.connection()
         stmt = _DUE_JOBS if platform.db.is_sqlite else \
             _DUE_JOBS.with_for_update(skip_locked=True, of=Job)
-        due_jobs = list(connection.execute(stmt, {"now": now}))
+        due_jobs = list(session.connection().execute(stmt, {"now": now}))
         if not due_jobs:
             return FireReport()
-        platform.revisions.load(session, [(row.account_id, row.id, row.revision)
-                                          for row in due_jobs])
-        # Jobs sharing a schedule share its next instants: each is computed once a batch.
-        next_fires: dict[tuple[Schedule, datetime], datetime | None] = {}
-        plans = [_plan(platform, session, row, now, next_fires) for row in due_jobs]
-        keys = [idempotency_key(plan.job_id, at) for plan in plans
-                for at in [*plan.late, *plan.on_time[-1:]]]
-        taken = set(connection.execute(_TAKEN_KEYS, {"keys": keys}).scalars()) if keys else set()
-        account_ids = sorted({plan.account_id for plan in plans})
-        timezones: dict[str, str] = {account_id: timezone for account_id, timezone in
-                                     connection.execute(_TIMEZONES, {"ids": account_ids})}
-        report = FireReport(jobs=len(plans))
-        missed_rows = []
-        invocations: dict[str, list[Invocation]] = {}
-        for plan in plans:
-            for at in plan.late:
-                if idempotency_key(plan.job_id, at) not in taken:
-                    missed_rows.append(_missed_row(plan, at, now, account_day(
-                        at, timezones[plan.account_id]).isoformat()))
-            if plan.on_time:
-                latest = plan.on_time[-1]
-                key = idempotency_key(plan.job_id, latest)
-                if key not in taken:
-                    # Several instants missed within the grace run once, for the latest.
-                    invocations.setdefault(plan.account_id, []).append(Invocation(
-                        job_id=plan.job_id, source="scheduler",
-                        params={"body": {}, "query_string_parameters": {},
-                                "coalesced": [at.isoformat() for at in plan.on_time[:-1]]},
-                        scheduled_for=latest, idempotency_key=key))
-                    report = report + FireReport(coalesced=len(plan.on_time) - 1)
-        if missed_rows:
-            connection.execute(_INSERT_MISSED, missed_rows)
-        report = report + FireReport(missed=len(missed_rows))
-        rows_by_id = {row.id: row for row in due_jobs}
-        for account_id in sorted(invocations):
-            # The due rows are this account's, read and locked above: admission reuses them.
-            job_rows = {invocation.job_id: rows_by_id[invocation.job_id]
-                        for invocation in invocations[account_id]}
-            for _, admission in admit_many(platform, session, account_id,
-                                           invocations[account_id], now, job_rows):
-                report = report + FireReport(queued=int(admission.admitted),
-                                             blocked=int(not admission.admitted))
-        advancing: dict[datetime | None, list[str]] = {}
-        for plan in plans:
-            advancing.setdefault(plan.next_fire_at, []).append(plan.job_id)
-        singles = [{"jid": job_ids[0], "p_next": next_fire_at}
-                   for next_fire_at, job_ids in advancing.items() if len(job_ids) == 1]
-        if singles:
-            connection.execute(_ADVANCE_ONE, singles)
-        for next_fire_at, job_ids in advancing.items():
-            if len(job_ids) > 1:
-                connection.execute(_ADVANCE_MANY, {"jids": job_ids, "p_next": next_fire_at})
+        return fire_rows(platform, session, due_jobs, now)
+
+
+def fire_rows(platform: Platform, session: Session, due_jobs: Sequence[Any],
+              now: datetime) -> FireReport:
+    """Fire the due instants of these job rows (id, account_id, name, status, revision,
+    next_fire_at), read and locked by the caller in its transaction: the scheduler's due
+    batch, or a job about to be re-published whose due instant must not be lost."""
+    connection = session.connection()
+    platform.revisions.load(session, [(row.account_id, row.id, row.revision)
+                                      for row in due_jobs])
+    # Jobs sharing a schedule share its next instants: each is computed once a batch.
+    next_fires: dict[tuple[Schedule, datetime], datetime | None] = {}
+    plans = [_plan(platform, session, row, now, next_fires) for row in due_jobs]
+    keys = [idempotency_key(plan.job_id, at) for plan in plans
+            for at in [*plan.late, *plan.on_time[-1:]]]
+    taken = _taken_keys(session, keys)
+    account_ids = sorted({plan.account_id for plan in plans})
+    timezones: dict[str, str] = {account_id: timezone for account_id, timezone in
+                                 connection.execute(_TIMEZONES, {"ids": account_ids})}
+    report = FireReport(jobs=len(plans))
+    missed_rows = []
+    invocations: dict[str, list[Invocation]] = {}
+    for plan in plans:
+        for at in plan.late:
+            if idempotency_key(plan.job_id, at) not in taken:
+                missed_rows.append(_missed_row(plan, at, now, account_day(
+                    at, timezones[plan.account_id]).isoformat()))
+        if plan.on_time:
+            latest = plan.on_time[-1]
+            key = idempotency_key(plan.job_id, latest)
+            if key not in taken:
+                # Several instants missed within the grace run once, for the latest.
+                invocations.setdefault(plan.account_id, []).append(Invocation(
+                    job_id=plan.job_id, source="scheduler",
+                    params={"body": {}, "query_string_parameters": {},
+                            "coalesced": [at.isoformat() for at in plan.on_time[:-1]]},
+                    scheduled_for=latest, idempotency_key=key))
+                report = report + FireReport(coalesced=len(plan.on_time) - 1)
+    if missed_rows:
+        connection.execute(_INSERT_MISSED, missed_rows)
+    report = report + FireReport(missed=len(missed_rows))
+    rows_by_id = {row.id: row for row in due_jobs}
+    for account_id in sorted(invocations):
+        # The due rows are this account's, read and locked above: admission reuses them.
+        job_rows = {invocation.job_id: rows_by_id[invocation.job_id]
+                    for invocation in invocations[account_id]}
+        for _, admission in admit_many(platform, session, account_id,
+                                       invocations[account_id], now, job_rows):
+            report = report + FireReport(queued=int(admission.admitted),
+                                         blocked=int(not admission.admitted))
+    advancing: dict[datetime | None, list[str]] = {}
+    for plan in plans:
+        advancing.setdefault(plan.next_fire_at, []).append(plan.job_id)
+    singles = [{"jid": job_ids[0], "p_next": next_fire_at}
+               for next_fire_at, job_ids in advancing.items() if len(job_ids) == 1]
+    if singles:
+        connection.execute(_ADVANCE_ONE, singles)
+    for next_fire_at, job_ids in advancing.items():
+        if len(job_ids) > 1:
+            connection.execute(_ADVANCE_MANY, {"jids": job_ids, "p_next": next_fire_at})
     return report
+
+
+def _taken_keys(session: Session, keys: list[str]) -> set[str]:
+    """The keys already recorded. Asked in chunks: after a long outage a batch has hundreds
+    of thousands of instants, and one statement may bind at most 65,535 parameters
+    (PostgreSQL); past that it fails and the same batch would be retried forever."""
+    connection = session.connection()
+    taken: set[str] = set()
+    for start in range(0, len(keys), KEYS_PER_STATEMENT):
+        taken.update(connection.execute(
+            _TAKEN_KEYS, {"keys": keys[start:start + KEYS_PER_STATEMENT]}).scalars())
+    return taken
 
 
 def _plan(platform: Platform, session: Session, row: Any, now: datetime,
@@ -189,8 +211,9 @@ def _plan(platform: Platform, session: Session, row: Any, now: datetime,
             next_fires[key] = schedules.next_fire_of(schedule, instant)
         instant = next_fires[key]
     return _Plan(row.id, row.account_id, row.name, row.revision,
-                 late=[at for at in due if now - at > grace],
-                 on_time=[at for at in due if now - at <= grace], next_fire_at=instant)
+                 late=[at for at in due if schedules.is_late(at, now, grace)],
+                 on_time=[at for at in due if not schedules.is_late(at, now, grace)],
+                 next_fire_at=instant)
 
 
 def _missed_row(plan: _Plan, at: datetime, now: datetime, day: str) -> dict[str, Any]:

@@ -10,6 +10,10 @@ from cryptography.fernet import Fernet, InvalidToken
 from batchyard.errors import BatchyardError
 
 
+class SecretUndecryptable(BatchyardError):
+    """A stored secret cannot be decrypted with this server's key."""
+
+
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
@@ -34,5 +38,4 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
-            raise BatchyardError("A stored secret cannot be decrypted with this server's key.") \
-                from exc
+            raise SecretUndecryptable() from exc
