@@ -18,10 +18,12 @@ log = logging.getLogger("batchyard.scheduler")
 
 
 class SchedulerLoop(Driver):
-    def __init__(self, platform: Platform, max_sleep: float = 30.0) -> None:
+    def __init__(self, platform: Platform, max_sleep: float = 30.0,
+                 busy_backoff: float = 1.0) -> None:
         super().__init__("scheduler", log)
         self.platform = platform
         self.max_sleep = max_sleep
+        self.busy_backoff = busy_backoff
 
     def step(self, now: datetime | None = None) -> float:
         """Fire what is due; return how long to sleep before the next look."""
@@ -30,5 +32,9 @@ class SchedulerLoop(Driver):
             log.info("fired %d job(s): %d queued, %d blocked, %d missed, %d coalesced",
                      report.jobs, report.queued, report.blocked, report.missed,
                      report.coalesced)
-        return seconds_until(scheduler.next_due(self.platform), self.platform.clock.now(),
-                             self.max_sleep)
+        due, now = scheduler.next_due(self.platform), self.platform.clock.now()
+        if due is not None and due <= now and not report.jobs:
+            # Still due, yet nothing fired: another transaction holds those rows (another
+            # scheduler firing them, a publish). Sleeping "until" a past instant would spin.
+            return min(self.busy_backoff, self.max_sleep)
+        return seconds_until(due, now, self.max_sleep)
