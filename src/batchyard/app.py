@@ -21,6 +21,7 @@ from batchyard.api.routes_executions import router as executions_router
 from batchyard.api.routes_jobs import router as jobs_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
+from batchyard.nodelock import take_node_slot
 from batchyard.runtime.dbbroker import DatabaseBroker
 from batchyard.runtime.dbrun import QueryLimits
 from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
@@ -74,6 +75,13 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         self.data_dir = data_dir
+        # Before anything touches the store: a second process on a SQLite data folder is
+        # refused here, and on PostgreSQL each process gets a node id of its own.
+        base_id = _read_or_create(data_dir / "node.id", "node-" + secrets.token_hex(6))
+        self.slot = take_node_slot(data_dir, base_id,
+                                   shared_store=not self.settings.resolved_database_url
+                                   .startswith("sqlite"))
+        self.node_id = self.slot.node_id
         self.db = Database(self.settings.resolved_database_url,
                            pool_size=max(5, self.settings.workers + 5))
         self.db.migrate()
@@ -87,7 +95,6 @@ class Server:
             path = data_dir / "operator.token"
             self.operator_token_generated = not path.exists()
             self.operator_token = _read_or_create(path, "byo_" + secrets.token_urlsafe(32))
-        self.node_id = _read_or_create(data_dir / "node.id", "node-" + secrets.token_hex(6))
         self.platform = Platform(db=self.db, clock=SystemClock(), secrets=box)
         work_root = data_dir / "work"
         work_root.mkdir(exist_ok=True)
@@ -182,6 +189,7 @@ class Server:
         # After the pool: no attempt is left to query.
         self.db_broker.close()
         self.db.dispose()
+        self.slot.release()
 
 
 def create_app(server: Server) -> FastAPI:

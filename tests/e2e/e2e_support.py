@@ -33,7 +33,7 @@ FINISHED = frozenset({"succeeded", "failed", "timed_out", "cancelled", "blocked"
 # Files the server may keep in its data folder besides the (empty, between runs) work/.
 DATA_DIR_FILES = frozenset({"batchyard.sqlite3", "batchyard.sqlite3-wal", "batchyard.sqlite3-shm",
                             "batchyard.sqlite3-journal", "secret.key", "node.id",
-                            "operator.token"})
+                            "operator.token", "node.0.lock"})
 
 
 def free_port() -> int:

@@ -177,3 +177,20 @@ def test_sigkilled_server_retries_the_interrupted_attempt_after_restart(
         cancelled = account.owner.post(f"/api/v1/executions/{execution_id}/cancel")
         assert cancelled.status_code == 200
         assert wait_for(account.owner, execution_id, timeout=5)["status"] == "cancelled"
+
+
+def test_a_second_server_on_the_same_sqlite_data_folder_is_refused_and_the_first_serves_on(
+        launch_server: ServerFactory, tmp_path: Any) -> None:
+    first = launch_server()
+    second = ServerProcess(tmp_path / "second", data_dir=first.data_dir)
+    with pytest.raises(AssertionError, match="already serving the data folder"):
+        second.start()
+    assert second.process is not None and second.process.returncode == 1
+    assert "Traceback" not in second.output()
+    # The first one's node and its attempts were left alone.
+    assert first.running
+    assert httpx.get(f"{first.base_url}/api/v1/health", timeout=5).status_code == 200
+    first.stop()
+    # Once the first has stopped, the folder is free again.
+    third = launch_server(first.data_dir)
+    assert httpx.get(f"{third.base_url}/api/v1/health", timeout=5).status_code == 200

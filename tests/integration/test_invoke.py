@@ -93,7 +93,7 @@ def test_limits_read_the_days_counters(platform: Platform, result: Result,
                                        make_published_job: Callable[..., Job]) -> None:
     actor = make_actor(make_account(plan={"max_invocations_per_job_per_day": 2,
                                           "daily_runtime_budget_minutes": 3}))
-    job = make_published_job(actor, settings={"timeout_minutes": 1})
+    job = make_published_job(actor, settings={"timeout_minutes": 2.5})
     invoke.invoke(platform, actor, job.id, {}, {})
     error = blocked(platform, actor, job)
     assert (error.code, error.status) == ("already_running", 429)
@@ -101,7 +101,7 @@ def test_limits_read_the_days_counters(platform: Platform, result: Result,
     claimed = claim_next_execution(platform, "node-a:1", 30)
     assert claimed is not None
     finish_attempt(platform, claimed, result(AttemptOutcome.SUCCEEDED, 150))
-    # 30 seconds of budget left, the timeout is 60.
+    # 30 seconds of budget left, the timeout is 150.
     assert blocked(platform, actor, job).code == "runtime_budget_insufficient"
 
     other = make_published_job(actor, settings={"timeout_minutes": 0.25})

@@ -36,8 +36,13 @@ def serve(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from batchyard.app import Server
+    from batchyard.nodelock import DataFolderBusy
 
-    server = Server(settings)
+    try:
+        server = Server(settings)
+    except DataFolderBusy as exc:
+        typer.echo(f"batchyard: {exc.message}", err=True)
+        raise typer.Exit(code=1) from None
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     typer.echo(f"batchyard {settings.resolved_database_url.split(':', 1)[0]} store at "
                f"{server.data_dir}")
