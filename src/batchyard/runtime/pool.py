@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,33 @@ class PoolTiming:
     lease_seconds: float
     heartbeat_seconds: float
     sweep_interval: float
+
+
+def finish_with_retries(platform: Platform, attempt: ClaimedAttempt, result: AttemptResult,
+                        give_up_after: float, first_delay: float = 0.2) -> bool:
+    """Record the attempt's end, trying again while the store fails (a restart, a lock).
+
+    The write is fenced by (attempt number, owner) like the first try, so trying again
+    never records an end twice; without it, one failed write left the attempt to expire
+    and be swept ``interrupted``, and a run that had succeeded ran again. After
+    ``give_up_after`` seconds (the lease: a sweeper may have taken it by then) it stops.
+    Returns whether the end was written by this worker.
+    """
+    give_up_at = time.monotonic() + give_up_after
+    delay = first_delay
+    while True:
+        try:
+            return queue.finish_attempt(platform, attempt, result) is not None
+        except Exception:
+            if time.monotonic() + delay > give_up_at:
+                log.exception("could not record the end of attempt %s/%d; its lease will "
+                              "expire and the sweeper will take it", attempt.execution_id,
+                              attempt.number)
+                return False
+            log.warning("recording the end of attempt %s/%d failed; trying again in %.1f s",
+                        attempt.execution_id, attempt.number, delay, exc_info=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class WorkerPool:
@@ -111,18 +139,21 @@ class WorkerPool:
         with self._running_lock:
             self._running[key] = attempt
         try:
-            result = self.supervisor.run(attempt, self.log_writer(attempt))
-        except Exception as exc:
-            # A bug of ours must not leave the execution "running": record it on the attempt.
-            log.exception("attempt %s/%d crashed in the supervisor", attempt.execution_id,
-                          attempt.number)
-            result = AttemptResult(AttemptOutcome.FAILED, 0.0, None,
-                                   f"internal error in the worker: {type(exc).__name__}: {exc}",
-                                   self.platform.clock.now())
+            try:
+                result = self.supervisor.run(attempt, self.log_writer(attempt))
+            except Exception as exc:
+                # A bug of ours must not leave the execution "running": record it.
+                log.exception("attempt %s/%d crashed in the supervisor", attempt.execution_id,
+                              attempt.number)
+                result = AttemptResult(
+                    AttemptOutcome.FAILED, 0.0, None,
+                    f"internal error in the worker: {type(exc).__name__}: {exc}",
+                    self.platform.clock.now())
+            # Still in _running meanwhile: the heartbeat keeps the lease while it retries.
+            finish_with_retries(self.platform, attempt, result, self.timing.lease_seconds)
         finally:
             with self._running_lock:
                 self._running.pop(key, None)
-        queue.finish_attempt(self.platform, attempt, result)
         return True
 
     def log_writer(self, attempt: ClaimedAttempt) -> LogWriter:
