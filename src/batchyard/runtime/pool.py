@@ -184,6 +184,31 @@ class WorkerPool:
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(self.timing.sweep_interval):
             try:
-                queue.sweep_lost(self.platform, self.timing.lease_seconds)
+                sweep_if_clock_agrees(self.platform, self.timing)
             except Exception:
                 log.exception("sweep failed")
+
+
+def max_clock_offset(timing: PoolTiming) -> float:
+    """The clock offset from the database that a sweeper tolerates.
+
+    Leases are written and compared with each process's own clock. A lease renewed every
+    ``heartbeat`` and valid for ``lease`` seconds is never taken from a live worker while
+    the two processes' clocks differ by less than lease - heartbeat; each process keeps
+    within half of that of the database's clock, so any two keep within all of it.
+    """
+    return (timing.lease_seconds - timing.heartbeat_seconds) / 2
+
+
+def sweep_if_clock_agrees(platform: Platform, timing: PoolTiming) -> int | None:
+    """Sweep lost attempts, unless this process's clock is too far from the database's:
+    a sweeper ahead would take live attempts. Then it alarms and leaves the sweep to the
+    processes whose clocks agree (None)."""
+    offset = queue.clock_offset_seconds(platform)
+    if offset is not None and abs(offset) > max_clock_offset(timing):
+        log.error("this process's clock is %.1f s %s the database's (at most %.1f s allowed "
+                  "with a %g s lease): it does not sweep lost attempts until its clock is "
+                  "synchronised (NTP)", abs(offset), "behind" if offset > 0 else "ahead of",
+                  max_clock_offset(timing), timing.lease_seconds)
+        return None
+    return queue.sweep_lost(platform, timing.lease_seconds)

@@ -471,6 +471,11 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
                                         decision.status.value, settings)
 
 
+def clock_offset_seconds(platform: Platform) -> float | None:
+    """How far the database's clock is ahead of this process's (None: the same clock)."""
+    return platform.db.clock_offset(platform.clock.now)
+
+
 def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | None = None) -> int:
     """Fail (or retry) attempts whose worker stopped renewing its lease.
 

@@ -9,8 +9,9 @@ transactions stay ``DEFERRED`` so that they do not queue behind writers.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,18 @@ class Database:
     def read(self) -> Iterator[Session]:
         with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def clock_offset(self, local_now: Callable[[], datetime]) -> float | None:
+        """Seconds the database's clock is ahead of ``local_now`` (None on SQLite: one host,
+        one clock). The local reading is the middle of the round trip."""
+        if self.is_sqlite:
+            return None
+        with self.engine.connect() as connection:
+            before = local_now()
+            database_now: datetime = connection.exec_driver_sql(
+                "SELECT clock_timestamp()").scalar_one()
+            after = local_now()
+        return (database_now - (before + (after - before) / 2)).total_seconds()
 
     def migrate(self) -> None:
         config = Config()
