@@ -10,12 +10,23 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+AUTO_WORKERS = -1
+MAX_DEFAULT_WORKERS = 8
 
-def _default_workers() -> int:
-    return max(2, os.cpu_count() or 2)
+
+def default_workers(job_memory_bytes: int) -> int:
+    """Worker slots when none are configured: jobs mostly wait on I/O (APIs, databases), so
+    not one per CPU; as many as the host's memory holds at the per-job memory limit, at
+    least 2 and at most 8 (the plan's max_concurrent_executions keeps one account from
+    holding them all)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 0
+    return max(2, min(MAX_DEFAULT_WORKERS, memory // job_memory_bytes))
 
 
 class Settings(BaseSettings):
@@ -28,7 +39,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     operator_token: SecretStr | None = None
     secret_key: SecretStr | None = None
-    workers: int = Field(default_factory=_default_workers, ge=0, le=256)
+    # Worker slots of this process (0: API only); AUTO_WORKERS sizes them (default_workers).
+    workers: int = Field(default=AUTO_WORKERS, ge=AUTO_WORKERS, le=256)
     # How often an idle worker re-checks the queue for work queued by another
     # process; work queued in this process wakes a worker at once.
     poll_interval_seconds: float = Field(default=1.0, gt=0)
@@ -99,6 +111,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return normalise_database_url(self.database_url)
         return f"sqlite:///{(self.data_dir / 'batchyard.sqlite3').resolve()}"
+
+    @model_validator(mode="after")
+    def _size_worker_pool(self) -> Settings:
+        if self.workers == AUTO_WORKERS:
+            self.workers = default_workers(self.job_memory_bytes)
+        return self
 
     def load_file_secrets(self) -> Settings:
         """Apply ``BATCHYARD_*_FILE`` twins so secrets can live in mounted files."""

@@ -55,7 +55,8 @@ def usage_seconds(platform: Platform, account_id: str, day: str) -> float:
 
 @pytest.fixture
 def owner(make_account: Callable[..., Account], make_actor: Callable[..., Actor]) -> Actor:
-    return make_actor(make_account())
+    # Room for the several running attempts these tests claim (the default plan runs 2).
+    return make_actor(make_account(plan={"max_concurrent_executions": 10}))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, create_engine, select, text, update
+from sqlalchemy import Engine, create_engine, func, select, text, update
 
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
@@ -392,3 +392,57 @@ def test_a_revision_over_a_lowered_plan_is_blocked_until_published_within_it(
     jobs.update_settings(platform, actor, job.id, {"timeout_minutes": 60, "retries": 1})
     jobs.publish(platform, actor, job.id)
     assert run(platform, actor, job).status == "queued"
+
+
+# --- Issue 9 §4: fair slots ----------------------------------------------------------------
+
+def test_an_account_at_its_max_concurrent_executions_waits_and_others_are_served(
+        platform: Platform, result: Result, make_account: Callable[..., Account],
+        make_actor: Callable[..., Actor], make_published_job: Callable[..., Job]) -> None:
+    busy = make_actor(make_account(plan={"max_concurrent_executions": 2}))
+    other = make_actor(make_account())
+    busy_job = make_published_job(busy, settings={"concurrency": "allow"})
+    other_job = make_published_job(other)
+    waiting = [run(platform, busy, busy_job) for _ in range(4)]
+    latecomer = run(platform, other, other_job)
+    taken = [claim_next_execution(platform, f"node-a:{n}", LEASE) for n in range(4)]
+    claimed_ids = [attempt.execution_id for attempt in taken if attempt is not None]
+    # Two of the busy account's, then the other account's; the rest of the busy one's wait.
+    assert sorted(claimed_ids) == sorted([waiting[0].id, waiting[1].id, latecomer.id])
+    assert taken[3] is None
+    assert [execution(platform, e.id).status for e in waiting[2:]] == ["queued", "queued"]
+    first = next(a for a in taken if a is not None and a.execution_id == waiting[0].id)
+    finish_attempt(platform, first, result())
+    freed = claim_next_execution(platform, "node-a:9", LEASE)
+    assert freed is not None and freed.execution_id == waiting[2].id
+
+
+def test_concurrent_claims_never_exceed_an_accounts_max_concurrent_executions(
+        platform: Platform, make_account: Callable[..., Account],
+        make_actor: Callable[..., Actor], make_published_job: Callable[..., Job]) -> None:
+    actor = make_actor(make_account(plan={"max_concurrent_executions": 3,
+                                          "max_invocations_per_job_per_day": 50,
+                                          "max_executions_per_day": 50}))
+    job = make_published_job(actor, settings={"concurrency": "allow"})
+    for _ in range(20):
+        run(platform, actor, job)
+    claimed: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def worker(number: int) -> None:
+        barrier.wait()
+        for _ in range(3):
+            attempt = claim_next_execution(platform, f"node-a:{number}", LEASE)
+            if attempt is not None:
+                claimed.append(attempt)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(claimed) == 3
+    with platform.db.read() as session:
+        running = session.scalar(select(func.count()).select_from(Execution).where(
+            Execution.account_id == actor.account_id, Execution.status == "running"))
+    assert running == 3

@@ -23,6 +23,9 @@ class Plan:
     max_code_size_bytes: int = 4 * MIB
     max_execution_timeout_minutes: float = 1440
     database_access: bool = False
+    # Beyond the seed: attempts of the account running at once; further executions wait
+    # queued (not blocked), so one account cannot hold every worker slot.
+    max_concurrent_executions: int = 2
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -33,7 +36,7 @@ class Plan:
 
 
 _INT_FIELDS = {"max_jobs", "max_executions_per_day", "max_invocations_per_job_per_day",
-               "max_retries", "max_code_size_bytes"}
+               "max_retries", "max_code_size_bytes", "max_concurrent_executions"}
 _FLOAT_FIELDS = {"daily_runtime_budget_minutes", "min_schedule_gap_minutes",
                  "max_execution_timeout_minutes"}
 PLAN_FIELDS = tuple(f.name for f in fields(Plan))
@@ -65,6 +68,10 @@ def apply_plan_changes(plan: Plan, changes: dict[str, Any]) -> Plan:
             raise InvalidInput(f"plan.{key} must be a whole number", field=f"plan.{key}")
         elif value < 0 or (key in _FLOAT_FIELDS and value > 10_000_000):
             raise InvalidInput(f"plan.{key} is out of range", field=f"plan.{key}")
+        if key == "max_concurrent_executions" and value < 1:
+            # 0 would leave every execution of the account queued for ever.
+            raise InvalidInput("plan.max_concurrent_executions must be at least 1",
+                               field=f"plan.{key}")
         if key in _INT_FIELDS:
             value = int(value)
         elif key in _FLOAT_FIELDS:

@@ -7,8 +7,10 @@ and the lease owner fence late writes of a worker that lost its lease.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -127,19 +129,50 @@ def _heads_statement() -> Any:
               .where(_EXECUTION.c.status == "queued",
                      _EXECUTION.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()))
               .group_by(_EXECUTION.c.account_id).subquery())
-    running = aliased(Execution)
-    busy = (select(func.count()).select_from(running)
-            .where(running.account_id == queued.c.account_id, running.status == "running")
-            .scalar_subquery())
-    return (select(queued.c.head)
+    busy = _busy(queued.c.account_id)
+    return (select(queued.c.head, queued.c.account_id, busy, Account.plan)
             .join(Account, Account.id == queued.c.account_id)
             .where(Account.batch_jobs_enabled.is_(True))
-            .order_by(busy, queued.c.head).limit(bindparam("heads")))
+            .order_by(busy, queued.c.head)
+            .limit(bindparam("heads")).offset(bindparam("skip")))
 
 
-def _candidates(session: Session, now: datetime) -> list[str]:
-    return list(session.connection().execute(_heads_statement(),
-                                             {"now": now, "heads": 4}).scalars())
+def _busy(account_id: Any) -> Any:
+    running = aliased(Execution)
+    return (select(func.count()).select_from(running)
+            .where(running.account_id == account_id, running.status == "running")
+            .scalar_subquery())
+
+
+@functools.cache
+def _account_slots_statement() -> Any:
+    # The account's row locked, then its running attempts counted: two workers claiming
+    # for one account at once cannot both take its last slot (SQLite's writers are serial).
+    return (select(Account.plan, _busy(Account.id)).where(Account.id == bindparam("aid"))
+            .with_for_update(of=Account))
+
+
+_HEADS_PAGE = 16
+
+
+def _candidates(session: Session, now: datetime) -> Iterator[tuple[str, str]]:
+    """(execution, account) heads of accounts below their plan's max_concurrent_executions,
+    least busy first; accounts at their limit are passed over (their executions wait)."""
+    connection = session.connection()
+    for page in itertools.count():
+        rows = connection.execute(_heads_statement(), {
+            "now": now, "heads": _HEADS_PAGE, "skip": page * _HEADS_PAGE}).all()
+        for head, account_id, busy, plan in rows:
+            if busy < plan_from_dict(plan).max_concurrent_executions:
+                yield head, account_id
+        if len(rows) < _HEADS_PAGE:
+            return
+
+
+def _has_free_slot(session: Session, account_id: str) -> bool:
+    plan, busy = session.connection().execute(_account_slots_statement(),
+                                              {"aid": account_id}).one()
+    return int(busy) < plan_from_dict(plan).max_concurrent_executions
 
 
 # Claims rounds: each round either starts an attempt, ends a queued execution that cannot
@@ -157,18 +190,23 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) 
         # job left service, no budget, an attempt that cannot be prepared) is ended in
         # this transaction and the next head is tried: one bad row never wedges the queue.
         for _ in range(_CLAIM_ROUNDS):
-            candidates = _candidates(session, now)
-            if not candidates:
-                return None
-            for execution_id in candidates:
+            progressed = False
+            for execution_id, account_id in _candidates(session, now):
+                if not _has_free_slot(session, account_id):
+                    continue
                 row = session.connection().execute(_claim_statement(), {
                     "eid": execution_id, "p_worker": worker, "p_now": now,
                     "p_until": now + timedelta(seconds=lease_seconds)}).first()
                 if row is None:
-                    continue
+                    progressed = True  # another worker took it: the heads have changed
+                    break
                 claimed = _start_attempt(platform, session, row._mapping, worker, now)
                 if claimed is not None:
                     return claimed
+                progressed = True  # it ended without an attempt: look at the heads again
+                break
+            if not progressed:
+                return None
         return None
 
 
