@@ -41,7 +41,8 @@ def _servers_of_item(request: pytest.FixtureRequest) -> None:
 def _server_factory(base: Path) -> tuple[ServerFactory, list[ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def launch(data_dir: Path | None = None, workers: int = 2) -> ServerProcess:
+    def launch(data_dir: Path | None = None, workers: int | None = 2) -> ServerProcess:
+        """``workers=None`` starts the server with its default worker pool."""
         server = ServerProcess(base / f"server{len(started)}", data_dir=data_dir,
                                workers=workers)
         started.append(server)

@@ -45,7 +45,7 @@ def free_port() -> int:
 class ServerProcess:
     """One ``batchyard serve`` subprocess over a data folder."""
 
-    def __init__(self, root: Path, data_dir: Path | None = None, workers: int = 2,
+    def __init__(self, root: Path, data_dir: Path | None = None, workers: int | None = 2,
                  extra_args: tuple[str, ...] = (), env: Mapping[str, str] | None = None
                  ) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,8 @@ class ServerProcess:
                 self.process = subprocess.Popen(
                     [sys.executable, "-m", "batchyard.cli.main", "serve",
                      "--port", str(self.port), "--data-dir", str(self.data_dir),
-                     "--workers", str(self.workers), *self.extra_args],
+                     *(["--workers", str(self.workers)] if self.workers is not None else []),
+                     *self.extra_args],
                     env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if self._wait_ready():
                 return self
