@@ -155,7 +155,7 @@ def test_runtime_budget_follows_the_accounts_midnight_in_kolkata(
         make_published_job: Callable[..., Job]) -> None:
     actor = make_actor(make_account(timezone=KOLKATA, plan={
         "daily_runtime_budget_minutes": 10, "max_invocations_per_job_per_day": 100}))
-    job = make_published_job(actor, settings={"concurrency": "allow", "timeout_minutes": 5})
+    job = make_published_job(actor, settings={"concurrency": "allow", "timeout_minutes": 6})
 
     clock.at = datetime(2025, 3, 10, 18, 0, tzinfo=UTC)  # 23:30 in Kolkata
     assert invoke_code(platform, actor, job) == ("admitted", "2025-03-10")
