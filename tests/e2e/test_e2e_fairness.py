@@ -44,8 +44,12 @@ def test_ten_long_jobs_of_one_account_leave_a_slot_for_another_accounts_trivial_
         # The busy account holds its plan's two slots; the rest of its runs wait queued.
         now = statuses()
         assert (now.count("running"), now.count("queued")) == (2, 8), now
+        for run in long_runs:
+            busy.owner.post(f"/api/v1/executions/{run}/cancel")
+        for run in long_runs:
+            assert wait_for(busy.owner, run, timeout=30)["status"] == "cancelled"
     finally:
         for run in long_runs:
             busy.owner.post(f"/api/v1/executions/{run}/cancel")
-    for run in long_runs:
-        assert wait_for(busy.owner, run, timeout=30)["status"] == "cancelled"
+        busy.close()
+        quiet.close()

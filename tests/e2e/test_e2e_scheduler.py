@@ -29,7 +29,8 @@ pytestmark = pytest.mark.timeout(180)
 
 # Setting the schedules, publishing and a graceful stop take a few seconds at most.
 MARGIN = timedelta(seconds=20)
-RESTART_AFTER = timedelta(seconds=5)
+# Past the 30 s within which a fire is on time whatever the grace (SPEC §4).
+RESTART_AFTER = timedelta(seconds=35)
 RECOVERY_TIMEOUT = 10.0
 QUICK = "def main(event):\n    print('fired', event.get('body'))\n"
 
