@@ -84,6 +84,10 @@ def _log_sandbox(sandbox: Sandbox) -> None:
     for note in report.notes:
         log.warning("job isolation: %s", note)
     log.info("job isolation: %s", sandbox.description)
+    placement = sandbox.placement
+    if sandbox.runs_jobs and placement is not None:
+        log.info("jobs run %s; their folders: %s", placement.python,
+                 placement.runtime_dir or placement.work_root)
 
 
 def sandbox_report(sandbox: Sandbox) -> dict[str, object]:
