@@ -204,7 +204,7 @@ def test_a_server_that_cannot_isolate_jobs_serves_says_why_and_fails_each_execut
     with server.client() as operator:
         account = create_account(operator)
     try:
-        job_id = deploy_job(account, PROBE, settings={"retries": 2})
+        job_id = deploy_job(account, PROBE, settings={"retries": 1})
         execution = wait_for(account.owner, invoke(account.owner, job_id, {
             "paths": [], "canary": CANARY}), timeout=30)
         logs = read_logs(account.owner, execution["id"])
