@@ -270,3 +270,19 @@ def test_at_the_rlimits_level_the_data_folder_and_its_files_stay_the_servers_alo
     finally:
         server.db.dispose()
         forget(server.supervisor.sandbox)
+
+
+@pytest.mark.usefixtures("no_bwrap")
+def test_a_runtime_folder_under_a_parent_others_may_change_is_refused(
+        tmp_path: Path, open_folder: Path) -> None:
+    needs_root()
+    shared = open_folder / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # writable by all, no sticky bit: our folder could be swapped
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    sandbox = detect_sandbox("none", job_python(None), JobLimits(), data_dir, UID_BASE,
+                             shared / "runtime")
+    assert sandbox.level is IsolationLevel.UNAVAILABLE
+    assert f"{shared} (mode 0777, uid 0) may be changed by other users" in (
+        sandbox.report.problem or "")

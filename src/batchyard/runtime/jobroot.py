@@ -83,10 +83,16 @@ def prepare_runtime_dir(path: Path, data_dir: Path) -> Path:
 
 def _check_passable(folder: Path, target: Path) -> None:
     info = os.stat(folder)
-    if not info.st_mode & stat.S_IXOTH:
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & stat.S_IXOTH:
         raise RuntimeFolderUnusable(
-            f"{folder} (mode {stat.S_IMODE(info.st_mode):04o}) does not let other users pass, "
-            f"so the job uids cannot reach {target}")
+            f"{folder} (mode {mode:04o}) does not let other users pass, so the job uids "
+            f"cannot reach {target}")
+    # Someone else who may rename entries of a parent could swap the folder for another.
+    if info.st_uid not in (0, os.geteuid()) or (mode & 0o022 and not mode & stat.S_ISVTX):
+        raise RuntimeFolderUnusable(
+            f"{folder} (mode {mode:04o}, uid {info.st_uid}) may be changed by other users, "
+            f"who could then replace {target}")
 
 
 def install_sdk(runtime_dir: Path) -> Path:
