@@ -286,3 +286,29 @@ def test_a_runtime_folder_under_a_parent_others_may_change_is_refused(
     assert sandbox.level is IsolationLevel.UNAVAILABLE
     assert f"{shared} (mode 0777, uid 0) may be changed by other users" in (
         sandbox.report.problem or "")
+
+
+def test_when_bwrap_fails_its_words_reach_the_operator_not_the_tenants_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_root()
+    if system_python() is None:
+        pytest.skip("no system interpreter the job uids could run")
+    # A bwrap that cannot create its namespaces (as in a container without them), saying
+    # so with a host path in its message.
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "bwrap").write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: "
+                                  "/srv/host-secret/path' >&2\nexit 1\n")
+    os.chmod(broken / "bwrap", 0o755)
+    monkeypatch.setenv("PATH", f"{broken}:/usr/bin:/bin")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    sandbox = detect_sandbox("auto", job_python(None), JobLimits(), data_dir, UID_BASE)
+    try:
+        assert sandbox.level is IsolationLevel.RLIMITS
+        assert sandbox.description.startswith("rlimits (no namespaces: bwrap cannot run here; ")
+        assert "/srv/host-secret" not in sandbox.description
+        assert any("bwrap cannot run here: bwrap: Creating new namespace failed: "
+                   "/srv/host-secret/path" in note for note in sandbox.report.notes)
+    finally:
+        forget(sandbox)

@@ -98,7 +98,7 @@ def detect_sandbox(mode: str, python: str, limits: JobLimits, data_dir: Path, ui
             sandbox, failure = _try_bubblewrap(bwrap, python, limits, data_dir, uids)
             if sandbox is not None:
                 return sandbox
-            reason = f"bwrap cannot run here: {failure}"
+            reason = f"bwrap cannot run here: {failure}"  # the operator's, see _rlimits
         if mode == "bubblewrap":
             raise SandboxUnavailable(f"BATCHYARD_SANDBOX=bubblewrap, but {reason}")
         log.warning("jobs run without namespaces: %s", reason)
@@ -145,7 +145,9 @@ def _rlimits(reason: str, python: str, limits: JobLimits, data_dir: Path, uids: 
     notes = [] if reason.startswith("BATCHYARD_SANDBOX=") else [
         f"no namespaces ({reason}): {_OR_BUBBLEWRAP.removeprefix('or ')}"]
     failures: list[str] = []
-    description = (f"rlimits (no namespaces: {reason}; own session, minimal environment, "
+    # Each attempt's first log line: bwrap's own words may name host paths; not there.
+    short = reason.split(": ", 1)[0] if reason.startswith("bwrap cannot run") else reason
+    description = (f"rlimits (no namespaces: {short}; own session, minimal environment, "
                    f"uid {uids.base}+n per attempt; limits: {limits.describe()})")
     for candidate in interpreter_candidates(python):
         placement = Placement(candidate, sdk, folder / "work", folder / "envs",
