@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _harness import percentile
 
 from batchyard.app import job_python
-from batchyard.runtime.sandbox import JobLimits, Sandbox, SandboxUnavailable, detect_sandbox
+from batchyard.runtime.sandbox import JobLimits, Sandbox, SandboxUnavailable
+from batchyard.runtime.sandbox_setup import detect_sandbox
 from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
 from batchyard.services.queue import ClaimedAttempt, LogRecord
 
@@ -59,37 +60,48 @@ def main() -> None:
     python = job_python(None)
     with tempfile.TemporaryDirectory(prefix="batchyard-bench-") as tmp:
         data_dir = Path(tmp) / "data"
-        work_root = data_dir / "work"
-        work_root.mkdir(parents=True, mode=0o700)
-        levels: dict[str, Sandbox] = {"unconfined": Sandbox.unconfined()}
+        data_dir.mkdir(mode=0o700)
+        levels: dict[str, Sandbox] = {"unconfined": detect_sandbox(
+            "off", python, JobLimits(), data_dir, 2_000_000_000)}
         limits = JobLimits()
         if shutil.which("bwrap") is None:
             print("bubblewrap: skipped (bwrap is not installed)")
         else:
             try:
-                levels["bubblewrap"] = detect_sandbox("bubblewrap", python, limits, work_root,
-                                                      data_dir, 2_000_000_000)
+                levels["bubblewrap"] = detect_sandbox("bubblewrap", python, limits, data_dir,
+                                                      2_000_000_000)
             except SandboxUnavailable as exc:
                 print(f"bubblewrap: skipped ({exc.message})")
-        levels["rlimits"] = detect_sandbox("none", python, limits, work_root, data_dir,
-                                           2_000_000_000)
+        rlimits = detect_sandbox("rlimits", python, limits, data_dir, 2_000_000_000)
+        if rlimits.runs_jobs:
+            levels["rlimits"] = rlimits
+        else:
+            print(f"rlimits: skipped ({rlimits.report.problem})")
         runtime = RuntimeLimits(kill_grace_seconds=0.5, log_cap_bytes=1024 * 1024,
                                 log_line_max_bytes=4096, artifact_cap_bytes=1024,
                                 artifact_max_files=1)
-        supervisors = {name: Supervisor(python, work_root, runtime, sandbox)
-                       for name, sandbox in levels.items()}
+        supervisors = {}
+        for name, sandbox in levels.items():
+            assert sandbox.placement is not None
+            supervisors[name] = Supervisor(sandbox.placement.python,
+                                           sandbox.placement.work_root, runtime, sandbox)
         figures: dict[str, list[float]] = {name: [] for name in supervisors}
-        for number in range(RUNS + WARMUP):
-            for name, supervisor in supervisors.items():
-                figure = start_ms(supervisor, number)
-                if number >= WARMUP:
-                    figures[name].append(figure)
+        try:
+            for number in range(RUNS + WARMUP):
+                for name, supervisor in supervisors.items():
+                    figure = start_ms(supervisor, number)
+                    if number >= WARMUP:
+                        figures[name].append(figure)
+        finally:
+            if rlimits.placement is not None and rlimits.placement.runtime_dir is not None:
+                shutil.rmtree(rlimits.placement.runtime_dir, ignore_errors=True)
     base = statistics.median(figures["unconfined"])
-    print(f"attempt start (supervisor.run -> main() entered), {RUNS} runs each, {python}:")
+    print(f"attempt start (supervisor.run -> main() entered), {RUNS} runs each:")
     for name, values in figures.items():
         p50 = statistics.median(values)
         print(f"  {name:10s} p50 {p50:6.1f} ms, p99 {percentile(values, 0.99):6.1f} ms"
-              + (f"  (+{p50 - base:.1f} ms over unconfined)" if name != "unconfined" else ""))
+              + (f"  (+{p50 - base:.1f} ms over unconfined)" if name != "unconfined" else "")
+              + f"  [{supervisors[name].python}]")
         if name != "unconfined":
             print(f"             {levels[name].description}")
     if "bubblewrap" in figures:

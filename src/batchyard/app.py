@@ -30,7 +30,8 @@ from batchyard.runtime.mailer import JobEmailHandler
 from batchyard.runtime.netguard import install_network_guard
 from batchyard.runtime.pool import PoolTiming, WorkerPool
 from batchyard.runtime.requests import RequestHandler
-from batchyard.runtime.sandbox import JobLimits, Sandbox, detect_sandbox
+from batchyard.runtime.sandbox import JobLimits, Sandbox
+from batchyard.runtime.sandbox_setup import detect_sandbox
 from batchyard.runtime.scheduler_loop import SchedulerLoop
 from batchyard.runtime.smtp import SmtpConfig, SmtpMailer
 from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
@@ -66,6 +67,43 @@ def _read_or_create(path: Path, make: str) -> str:
     return make
 
 
+def _seal(data_dir: Path) -> None:
+    """The data folder (database, secret key, operator token) is the server's alone, at
+    every level: closed, and each file in it private too."""
+    os.chmod(data_dir, 0o700)
+    for entry in data_dir.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            os.chmod(entry, entry.stat().st_mode & 0o700)
+
+
+def _log_sandbox(sandbox: Sandbox) -> None:
+    report = sandbox.report
+    if not sandbox.runs_jobs:
+        log.error("NO JOB WILL RUN: this host cannot isolate them: %s. To change: %s. "
+                  "(The API serves; each execution ends failed, reason sandbox_unavailable.)",
+                  report.problem, report.fix)
+    for note in report.notes:
+        log.warning("job isolation: %s", note)
+    log.info("job isolation: %s", sandbox.description)
+    placement = sandbox.placement
+    if sandbox.runs_jobs and placement is not None:
+        log.info("jobs run %s; their folders: %s", placement.python,
+                 placement.runtime_dir or placement.work_root)
+
+
+def sandbox_report(sandbox: Sandbox) -> dict[str, object]:
+    """The operator's view of the sandbox (GET /api/v1/health with the operator token)."""
+    placement = sandbox.placement
+    return {"level": sandbox.level.value, "jobs_run": sandbox.runs_jobs,
+            "problem": sandbox.report.problem, "fix": sandbox.report.fix,
+            "notes": list(sandbox.report.notes),
+            "python": placement.python if placement else None,
+            "runtime_dir": str(placement.runtime_dir) if placement and
+            placement.runtime_dir else None,
+            "work_dir": str(placement.work_root) if placement else None,
+            "job_uids": list(sandbox.uid_range) if sandbox.uid_range else None}
+
+
 class Server:
     """Everything one ``batchyard serve`` process runs, built from one Settings object."""
 
@@ -96,25 +134,26 @@ class Server:
             self.operator_token_generated = not path.exists()
             self.operator_token = _read_or_create(path, "byo_" + secrets.token_urlsafe(32))
         self.platform = Platform(db=self.db, clock=SystemClock(), secrets=box)
-        work_root = data_dir / "work"
-        work_root.mkdir(exist_ok=True)
+        _seal(data_dir)
         # Children run with -B; compile the SDK once so their imports stay fast.
         compileall.compile_dir(str(JOBPATH), quiet=1)
-        python = job_python(self.settings.python)
-        # Sandbox: decided once here (a probe run of the real command), after every file
-        # of the data folder exists (the rlimits level tightens their modes).
-        sandbox = Sandbox.unconfined() if self.settings.sandbox == "off" else detect_sandbox(
-            self.settings.sandbox, python, JobLimits(
+        # Sandbox: decided once here (a probe run of the real command as a job uid).
+        sandbox = detect_sandbox(
+            self.settings.sandbox, job_python(self.settings.python), JobLimits(
                 memory_bytes=self.settings.job_memory_bytes,
                 processes=self.settings.job_max_processes,
                 open_files=self.settings.job_max_open_files,
                 file_bytes=self.settings.job_max_file_bytes,
-                cpu_seconds=self.settings.job_cpu_seconds), work_root, data_dir,
-            self.settings.sandbox_uid_base)
-        # Before any attempt runs; the table outlives this process (runtime/netguard.py).
-        sandbox.add_note(install_network_guard(self.settings.job_network,
-                                               sandbox.uid_range).description)
-        log.info("job isolation: %s", sandbox.description)
+                cpu_seconds=self.settings.job_cpu_seconds), data_dir,
+            self.settings.sandbox_uid_base, self.settings.runtime_dir)
+        placement = sandbox.placement
+        assert placement is not None
+        python, work_root = placement.python, placement.work_root
+        if sandbox.runs_jobs:
+            # Before any attempt runs; the table outlives this process (runtime/netguard.py).
+            sandbox.add_note(install_network_guard(self.settings.job_network,
+                                                   sandbox.uid_range).description)
+        _log_sandbox(sandbox)
         smtp = SmtpConfig.from_settings(self.settings)
         mailer = SmtpMailer(smtp) if smtp is not None else None
         if smtp is None:
@@ -131,7 +170,7 @@ class Server:
             disk_bytes=self.settings.job_max_disk_bytes), sandbox, requests=requests)
         # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
         self.supervisor.environments = EnvCache(
-            data_dir / "envs", python, data_dir / "uv-cache",
+            placement.env_root, python, placement.uv_cache,
             self.settings.env_cache_max_mb * 1024 * 1024,
             self.settings.env_install_timeout_seconds)
         boot = secrets.token_hex(3)
@@ -207,6 +246,7 @@ def create_app(server: Server) -> FastAPI:
     app.state.invocations = server.invocations
     app.state.operator_token = server.operator_token
     app.state.isolation = server.supervisor.sandbox.description
+    app.state.sandbox_report = sandbox_report(server.supervisor.sandbox)
     app.state.workers = server.settings.workers
     install_error_handlers(app)
     for router in (admin_router, account_router, jobs_router, executions_router):

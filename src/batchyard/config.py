@@ -78,10 +78,16 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     python: str | None = None
     # Sandbox (SPEC 5, Isolation): "auto" = bubblewrap where it runs here, else the rlimits
-    # launcher; "bubblewrap" refuses to start without it; "none" = the rlimits launcher;
-    # "off" = no confinement at all (only where every job already runs in its own
-    # disposable machine or container, and to measure the sandbox's cost).
-    sandbox: Literal["auto", "bubblewrap", "none", "off"] = "auto"
+    # launcher; "bubblewrap" refuses to start without it; "rlimits" (or its older name
+    # "none") = the rlimits launcher. Where neither gives each attempt a uid of its own, no
+    # job runs (sandbox_unavailable). "off" = no confinement at all, jobs as the server's
+    # uid: the only way to that (where every server already runs in its own disposable
+    # machine or container, and to measure the sandbox's cost).
+    sandbox: Literal["auto", "bubblewrap", "rlimits", "none", "off"] = "auto"
+    # The rlimits level's runtime folder (runtime/jobroot.py): the SDK copy, the attempts'
+    # folders and the requirements environments, reachable by the job uids; None =
+    # /var/lib/batchyard/runtime-<digest of the data folder's path>.
+    runtime_dir: Path | None = None
     # Limits of every job process (soft = hard); the processes limit counts the whole
     # attempt (its own uid). CPU seconds 0 = none: the deadline bounds wall time anyway.
     job_memory_bytes: int = Field(default=1024 ** 3, ge=64 * 1024 ** 2)

@@ -143,6 +143,28 @@ class ServerProcess:
         return httpx.Client(base_url=self.base_url, timeout=30,
                             headers={"Authorization": f"Bearer {token}"})
 
+    def sandbox(self) -> dict[str, Any]:
+        """The operator's view of job isolation (health with the operator token)."""
+        with self.client() as client:
+            answer = client.get("/api/v1/health")
+        assert answer.status_code == 200, answer.text
+        view: dict[str, Any] = answer.json()["sandbox"]
+        return view
+
+
+def path_without(folder: Path, *names: str) -> str:
+    """A PATH with every program of this one but ``names`` (a host without bubblewrap):
+    a folder of links, since the programs beside them (/usr/bin) are still needed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            link = folder / entry.name
+            if entry.name not in names and not link.exists() and not link.is_symlink():
+                link.symlink_to(entry.path)
+    return str(folder)
+
 
 # --- accounts --------------------------------------------------------------------------
 ROLES = ("owner", "developer", "viewer")

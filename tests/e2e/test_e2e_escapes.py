@@ -7,9 +7,12 @@ a missing path) cannot pass for a refusal. After each test the server still answ
 health check and no process of a job uid is left; the last test runs a trivial job.
 
 One module-scoped server per isolation level: bubblewrap (the default where it runs) and
-the rlimits launcher (``BATCHYARD_SANDBOX=none``, root: a uid per attempt). Both run with
-low limits (256 MiB of memory, 64 processes, a 1 MiB log cap) so that each attempt ends
-in seconds.
+the rlimits launcher (``BATCHYARD_SANDBOX=auto`` on a PATH without bwrap, root: a uid per
+attempt), whose data folder lies under a 0700 folder and whose configured interpreter is
+the default one (a pyenv build under a 0700 /root on the project's machine): it finds its
+own way (a runtime folder, a system interpreter) or runs no job at all. Both run with low
+limits (256 MiB of memory, 64 processes, a 1 MiB log cap) so that each attempt ends in
+seconds.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ from e2e_support import (
     deploy_job,
     invoke,
     lines_of,
+    path_without,
     processes_of,
     read_logs,
     wait_for,
     wait_until,
 )
 
+from batchyard.runtime.jobroot import SYSTEM_PYTHONS
 from batchyard.runtime.netguard import remove_network_guard
 
 pytestmark = pytest.mark.timeout(60)
@@ -312,7 +317,7 @@ CLEANS_UP_ON_SIGTERM = textwrap.dedent("""\
 
 
 # --- servers ---------------------------------------------------------------------------
-def _level_env(level: str) -> dict[str, str]:
+def _level_env(level: str, base: Path) -> dict[str, str]:
     env = {"BATCHYARD_JOB_MEMORY_BYTES": str(MEMORY_LIMIT),
            "BATCHYARD_JOB_MAX_PROCESSES": str(PROCESS_LIMIT),
            "BATCHYARD_LOG_CAP_BYTES": str(LOG_CAP),
@@ -321,9 +326,7 @@ def _level_env(level: str) -> dict[str, str]:
     if level == "bubblewrap":
         env["BATCHYARD_SANDBOX"] = "bubblewrap"
     else:
-        # No namespaces: the job runs the interpreter by path as its own uid, so it must
-        # be one outside root's 0700 home (a pyenv build is not).
-        env.update(BATCHYARD_SANDBOX="none", BATCHYARD_PYTHON="/usr/bin/python3.11")
+        env.update(BATCHYARD_SANDBOX="auto", PATH=path_without(base / "bin", "bwrap"))
     return env
 
 
@@ -336,20 +339,20 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     if os.geteuid() != 0:
         pytest.skip("checked against a server running as root, which gives each attempt "
                     "a uid of its own")
-    if level == "rlimits" and not os.path.exists("/usr/bin/python3.11"):
-        pytest.skip("the rlimits level needs an interpreter outside /root for the job uids")
-    # Outside pytest's 0700 temp root: without a mount namespace the job reaches its
-    # folder by path, so the folders above the data folder must be traversable.
-    base = Path(tempfile.mkdtemp(prefix=f"batchyard-escapes-{level}-"))
-    os.chmod(base, 0o711)
+    base = Path(tempfile.mkdtemp(prefix=f"batchyard-escapes-{level}-"))  # 0700
     data_dir = base / "data"
     data_dir.mkdir(mode=0o700)
     # A token file left by an earlier start without BATCHYARD_OPERATOR_TOKEN.
     (data_dir / "operator.token").write_text(FILE_TOKEN)
     os.chmod(data_dir / "operator.token", 0o600)
-    process = ServerProcess(base, data_dir=data_dir, workers=3, env=_level_env(level))
+    process = ServerProcess(base, data_dir=data_dir, workers=3, env=_level_env(level, base))
+    runtime_dir = None
     try:
         process.start()
+        view = process.sandbox()
+        runtime_dir = view["runtime_dir"]
+        if not view["jobs_run"] and not any(map(os.path.isfile, SYSTEM_PYTHONS)):
+            pytest.skip(f"no job runs here: {view['problem']}")
         health = httpx.get(f"{process.base_url}/api/v1/health", timeout=10).json()
         assert health["isolation"].startswith(f"{level} ("), health
         assert f"uid {UID_BASE}+n per attempt" in health["isolation"], health
@@ -357,13 +360,15 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     finally:
         process.stop()
         shutil.rmtree(base, ignore_errors=True)
+        if runtime_dir:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
         # The network guard's table outlives its server by design (runtime/netguard.py).
         remove_network_guard((UID_BASE, UID_BASE + UID_COUNT - 1))
 
 
 @pytest.fixture
 def level(server: ServerProcess) -> str:
-    return server.env["BATCHYARD_SANDBOX"].replace("none", "rlimits")
+    return server.env["BATCHYARD_SANDBOX"].replace("auto", "rlimits")
 
 
 def job_uid_processes() -> list[int]:
@@ -435,7 +440,8 @@ def test_the_servers_database_and_data_folder_cannot_be_read_by_absolute_path(
     data_dir = server.data_dir.resolve()
     database = data_dir / "batchyard.sqlite3"
     paths = [database, database.with_name("batchyard.sqlite3-wal"), data_dir / "secret.key",
-             data_dir / "node.id", data_dir / "operator.token", data_dir, data_dir / "work"]
+             data_dir / "node.id", data_dir / "operator.token", data_dir,
+             Path(server.sandbox()["work_dir"])]
     # They exist on the host: a refusal below is not a wrong path.
     assert all(path.exists() for path in paths), [p for p in paths if not p.exists()]
 
@@ -537,7 +543,7 @@ def test_nothing_outside_the_jobs_own_folders_is_writable(
     marker = f"escape-{secrets.token_hex(5)}"
     data_dir = server.data_dir.resolve()
     create = [f"/usr/{marker}", f"/usr/lib/{marker}", f"/etc/{marker}", f"/{marker}",
-              str(data_dir / marker), str(data_dir / "work" / marker),
+              str(data_dir / marker), str(Path(server.sandbox()["work_dir"]) / marker),
               f"{Path.home()}/{marker}", str(server.tmp_dir / marker),
               str(server.root / marker)]
     if level == "bubblewrap":

@@ -11,15 +11,13 @@ import io
 import os
 import secrets
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from batchyard.app import Server, job_python
+from batchyard.app import Server
 from batchyard.config import Settings
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.sandbox import SandboxUnavailable
@@ -82,47 +80,38 @@ def run(server: Server, claimed: ClaimedAttempt) -> tuple[AttemptResult, list[Lo
     return result, stored
 
 
-def _python_for_job_uids() -> str | None:
-    for candidate in (job_python(None), "/usr/bin/python3.11", "/usr/local/bin/python3.11"):
-        if os.path.exists(candidate) and all(os.stat(parent).st_mode & 0o001
-                             for parent in Path(os.path.realpath(candidate)).parents):
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module", params=["bubblewrap", "rlimits"])
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     reason = pypi_unreachable()
     if reason:
         pytest.skip(reason)
-    python: str | None = None
     if request.param == "bubblewrap" and shutil.which("bwrap") is None:
         pytest.skip("bwrap is not installed (Debian package bubblewrap)")
-    if request.param == "rlimits":
-        if os.geteuid() != 0:
-            pytest.skip("the rlimits level switches to a job uid only when run as root")
-        python = _python_for_job_uids()
-        if python is None:
-            pytest.skip("no interpreter on this machine that an unprivileged uid can run")
-    # Outside pytest's 0700 temp root: without a mount namespace the job reaches its
-    # folders (and its environment) by path, so the data folder's parents must be open.
-    base = Path(tempfile.mkdtemp(prefix="batchyard-deps-"))
-    os.chmod(base, 0o755)
+    if request.param == "rlimits" and os.geteuid() != 0:
+        pytest.skip("the rlimits level switches to a job uid only when run as root")
+    # The default interpreter, the data folder under pytest's 0700 temp root: at the
+    # rlimits level the environments live in the server's runtime folder, outside it.
+    base = tmp_path_factory.mktemp(f"deps-{request.param}")
+    settings = Settings(data_dir=base / "data", workers=1,
+                        sandbox="bubblewrap" if request.param == "bubblewrap" else "none",
+                        sandbox_uid_base=UID_BASE,
+                        # No nftables table for this range is left on the host.
+                        job_network="open")
     try:
-        settings = Settings(data_dir=base / "data", workers=1, python=python,
-                            sandbox="bubblewrap" if request.param == "bubblewrap" else "none",
-                            sandbox_uid_base=UID_BASE,
-                            # No nftables table for this range is left on the host.
-                            job_network="open")
-        try:
-            built = Server(settings)
-        except SandboxUnavailable as exc:
-            pytest.skip(f"bubblewrap cannot run here: {exc.message}")
+        built = Server(settings)
+    except SandboxUnavailable as exc:
+        pytest.skip(f"bubblewrap cannot run here: {exc.message}")
+    try:
+        if not built.supervisor.sandbox.runs_jobs:
+            pytest.skip(f"no job runs here: {built.supervisor.sandbox.report.problem}")
         assert built.supervisor.sandbox.level.value == request.param
         yield built
-        built.db.dispose()
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        built.db.dispose()
+        placement = built.supervisor.sandbox.placement
+        if placement is not None and placement.runtime_dir is not None:
+            shutil.rmtree(placement.runtime_dir, ignore_errors=True)
 
 
 def test_the_job_imports_its_environment_which_it_cannot_change_nor_list(
@@ -134,7 +123,8 @@ def test_the_job_imports_its_environment_which_it_cannot_change_nor_list(
     assert stdout[0] == "six 1.16.0" and len(stdout) == 4, stdout
     assert all(line.startswith("DENIED write") for line in stdout[1:3]), stdout
     assert stdout[3] == "DENIED list PermissionError"  # other environments stay unnamed
-    envs = server.data_dir / "envs"
+    assert server.supervisor.environments is not None
+    envs = server.supervisor.environments.root
     (environment,) = [p for p in envs.iterdir() if not p.name.startswith(".")]
     assert not (environment / "planted.py").exists()
 

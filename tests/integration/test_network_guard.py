@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from batchyard.app import Server, job_python
+from batchyard.app import Server
 from batchyard.config import Settings
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.netguard import (
@@ -157,14 +157,6 @@ def listener() -> Iterator[Listener]:
     opened.close()
 
 
-def _python_for_job_uids() -> str | None:
-    for candidate in (job_python(None), "/usr/bin/python3.11", "/usr/local/bin/python3.11"):
-        if os.path.exists(candidate) and all(os.stat(parent).st_mode & 0o001
-                             for parent in Path(os.path.realpath(candidate)).parents):
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[dict[tuple[str, str], Server]]:
     """(level, network) → its server, made when a test first asks for it."""
@@ -173,6 +165,9 @@ def servers() -> Iterator[dict[tuple[str, str], Server]]:
     for server in made.values():
         server.db.dispose()
         shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+        placement = server.supervisor.sandbox.placement
+        if placement is not None and placement.runtime_dir is not None:
+            shutil.rmtree(placement.runtime_dir, ignore_errors=True)
     for first in RANGES.values():
         failure = remove_network_guard((first, first + UID_COUNT - 1))
         assert failure in (None, "nft is not installed"), failure
@@ -185,20 +180,13 @@ def _server(servers: dict[tuple[str, str], Server], level: str, network: str) ->
     reason = _root_and_nft()
     if reason is not None:
         pytest.skip(reason)
-    python = None
-    if level == "bubblewrap":
-        if shutil.which("bwrap") is None:
-            pytest.skip("bwrap is not installed (Debian package bubblewrap)")
-    else:
-        python = _python_for_job_uids()
-        if python is None:
-            pytest.skip("no interpreter on this machine that an unprivileged uid can run")
-    # Outside pytest's 0700 temp root: the rlimits level reaches its folders by path.
+    if level == "bubblewrap" and shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed (Debian package bubblewrap)")
     root = Path(tempfile.mkdtemp(prefix=f"batchyard-netguard-{level}-{network}-"))
-    os.chmod(root, 0o755)
+    # The default interpreter: the rlimits level finds one its job uids can run.
     settings = Settings(data_dir=root / "data", workers=1,
                         sandbox="bubblewrap" if level == "bubblewrap" else "none",
-                        python=python, sandbox_uid_base=RANGES[network],
+                        sandbox_uid_base=RANGES[network],
                         job_network=network,  # type: ignore[arg-type]
                         kill_grace_seconds=0.3)
     try:
@@ -206,6 +194,8 @@ def _server(servers: dict[tuple[str, str], Server], level: str, network: str) ->
     except SandboxUnavailable as exc:
         pytest.skip(f"bubblewrap cannot run here: {exc.message}")
     servers[key] = server
+    if not server.supervisor.sandbox.runs_jobs:
+        pytest.skip(f"no job runs here: {server.supervisor.sandbox.report.problem}")
     description = server.supervisor.sandbox.description
     if network == "public" and "network: public only" not in description:
         pytest.skip(f"the guard could not be installed here: {description}")

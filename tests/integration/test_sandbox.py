@@ -15,7 +15,6 @@ import secrets
 import shutil
 import socket
 import sqlite3
-import tempfile
 import threading
 import time
 import zipfile
@@ -28,14 +27,15 @@ import pytest
 from batchyard.app import Server, job_python
 from batchyard.config import Settings
 from batchyard.domain.executions import AttemptOutcome
+from batchyard.runtime.jobroot import SYSTEM_PYTHONS
 from batchyard.runtime.sandbox import (
     Confinement,
     IsolationLevel,
     JobLimits,
     SandboxUnavailable,
-    detect_sandbox,
     explain_failure,
 )
+from batchyard.runtime.sandbox_setup import detect_sandbox
 from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
 
 pytestmark = pytest.mark.timeout(120)
@@ -100,14 +100,17 @@ def job_uid_processes() -> list[int]:
     return found
 
 
-def _python_for_job_uids() -> str | None:
-    """The rlimits level runs the interpreter by path as the job's uid: pick one it can
-    reach (a pyenv build under a 0700 /root is not)."""
-    for candidate in (job_python(None), "/usr/bin/python3.11", "/usr/local/bin/python3.11"):
-        if os.path.exists(candidate) and all(os.stat(parent).st_mode & 0o001
-                             for parent in Path(os.path.realpath(candidate)).parents):
-            return candidate
-    return None
+def system_python() -> str | None:
+    """An interpreter outside any 0700 folder that the rlimits level falls back to."""
+    return next((path for path in SYSTEM_PYTHONS if os.path.isfile(path)), None)
+
+
+def forget_runtime_folder(server: Server) -> None:
+    """The rlimits level's runtime folder lies outside the data folder (by default under
+    /var/lib/batchyard): take it away with the test's server."""
+    placement = server.supervisor.sandbox.placement
+    if placement is not None and placement.runtime_dir is not None:
+        shutil.rmtree(placement.runtime_dir, ignore_errors=True)
 
 
 def _server(base: Path, mode: str, python: str | None) -> Server:
@@ -136,23 +139,22 @@ def bubblewrap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
 
 
 @pytest.fixture(scope="module")
-def rlimits_server() -> Iterator[Server]:
+def rlimits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if os.geteuid() != 0:
         pytest.skip("the rlimits level switches to a job uid only when the server runs as root")
-    python = _python_for_job_uids()
-    if python is None:
-        pytest.skip("no interpreter on this machine that an unprivileged uid can run")
-    # Outside pytest's 0700 temp root: without a mount namespace the job reaches its folder
-    # by path, so the data folder's parents must be traversable.
-    base = Path(tempfile.mkdtemp(prefix="batchyard-sandbox-"))
-    os.chmod(base, 0o755)
+    # The data folder under pytest's 0700 temp root and the default interpreter (a pyenv
+    # build under a 0700 /root on the project's machine): the server finds its way around
+    # both (a runtime folder of its own, a system interpreter), or runs no job at all.
+    server = _server(tmp_path_factory.mktemp("rlimits"), "none", None)
     try:
-        server = _server(base, "none", python)
-        assert server.supervisor.sandbox.per_attempt_uid, server.supervisor.sandbox.description
+        sandbox = server.supervisor.sandbox
+        if not sandbox.runs_jobs and system_python() is None:
+            pytest.skip(f"no interpreter the job uids can run here: {sandbox.report.problem}")
+        assert sandbox.per_attempt_uid, (sandbox.description, sandbox.report)
         yield server
-        server.db.dispose()
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        server.db.dispose()
+        forget_runtime_folder(server)
 
 
 @pytest.fixture(params=["bubblewrap", "rlimits"])
@@ -193,7 +195,7 @@ def test_the_database_and_the_data_folder_are_out_of_reach(server: Server) -> No
     database = data_dir / "batchyard.sqlite3"
     assert sqlite3.connect(database).execute("select count(*) from accounts").fetchone()
     targets = [database, data_dir / "secret.key", data_dir / "operator.token",
-               data_dir / "node.id", data_dir, data_dir / "work"]
+               data_dir / "node.id", data_dir, server.supervisor.work_root]
     result, logs = run(server, attempt(f"""
 import os
 def main():
@@ -280,7 +282,7 @@ def test_nothing_outside_its_folders_is_writable(server: Server) -> None:
     marker = f"escape-{secrets.token_hex(4)}"
     data_dir = server.data_dir
     targets = [f"/usr/{marker}", f"/etc/{marker}", str(data_dir / marker),
-               str(data_dir / "work" / marker), str(data_dir / "batchyard.sqlite3"),
+               str(server.supervisor.work_root / marker), str(data_dir / "batchyard.sqlite3"),
                f"/root/{marker}", f"/home/{marker}"]
     if server.supervisor.sandbox.level is IsolationLevel.BUBBLEWRAP:
         # Without a mount namespace the host's world-writable /tmp, /var/tmp and /dev/shm
@@ -380,13 +382,7 @@ def test_bubblewrap_required_but_missing_refuses_to_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SandboxUnavailable, match="bwrap is not installed"):
-        detect_sandbox("bubblewrap", job_python(None), JobLimits(), tmp_path, tmp_path, UID_BASE)
-    work_root = tmp_path / "data" / "work"
-    work_root.mkdir(parents=True, mode=0o700)
-    fallback = detect_sandbox("auto", job_python(None), JobLimits(), work_root,
-                              work_root.parent, UID_BASE)
-    assert fallback.level is IsolationLevel.RLIMITS
-    assert fallback.description.startswith("rlimits (no namespaces: bwrap is not installed")
+        detect_sandbox("bubblewrap", job_python(None), JobLimits(), tmp_path, UID_BASE)
 
 
 def test_limit_reasons_and_bwrap_exit_statuses() -> None:

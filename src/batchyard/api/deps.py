@@ -49,6 +49,16 @@ async def operator(request: Request) -> None:
         raise NotAuthenticated("This endpoint needs the operator token.")
 
 
+def is_operator(request: Request) -> bool:
+    """Whether the request carries the operator token (never an error: for answers that
+    only add detail for the operator)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected: str = request.app.state.operator_token
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                              expected.encode())
+
+
 CurrentActor = Annotated[Actor, Depends(current_actor)]
 Operator = Annotated[None, Depends(operator)]
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from batchyard import __version__
 from batchyard.api import schemas, views
-from batchyard.api.deps import CurrentActor, PlatformDep
+from batchyard.api.deps import CurrentActor, PlatformDep, is_operator
 from batchyard.domain.roles import Permission
 from batchyard.errors import InvalidInput
 from batchyard.services import accounts, audit, executions
@@ -67,7 +67,12 @@ def audit_trail(actor: CurrentActor, platform: PlatformDep, job_id: str | None =
 
 @router.get("/health", response_model=schemas.Health, tags=["operator"])
 def health(request: Request, platform: PlatformDep) -> schemas.Health:
+    """Open to anyone (a readiness probe); with the operator token it adds the sandbox's
+    details: whether jobs run here, and if not, why and what to change."""
+    sandbox = None
+    if is_operator(request):
+        sandbox = schemas.SandboxHealth(**request.app.state.sandbox_report)
     return schemas.Health(status="ok", version=__version__,
                           database="sqlite" if platform.db.is_sqlite else "postgresql",
                           isolation=request.app.state.isolation,
-                          workers=request.app.state.workers)
+                          workers=request.app.state.workers, sandbox=sandbox)

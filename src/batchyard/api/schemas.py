@@ -335,9 +335,25 @@ class AuditList(BaseModel):
     next_cursor: str | None = None
 
 
+class SandboxHealth(BaseModel):
+    """The operator's view of job isolation (runtime/sandbox_setup.py)."""
+
+    level: str  # bubblewrap, rlimits, unconfined (BATCHYARD_SANDBOX=off) or unavailable
+    jobs_run: bool
+    problem: str | None = None  # unavailable: why no job runs here
+    fix: str | None = None  # unavailable: what to change
+    notes: list[str] = []  # what start-up chose instead of what was configured
+    python: str | None = None
+    runtime_dir: str | None = None
+    work_dir: str | None = None
+    job_uids: list[int] | None = None
+
+
 class Health(BaseModel):
     status: str
     version: str
     database: str
     isolation: str
     workers: int
+    # Only with the operator token.
+    sandbox: SandboxHealth | None = None

@@ -37,6 +37,9 @@ FINISHED = frozenset(s for s in ExecutionStatus if s.finished)
 # fails an install (a package or version that does not exist, no binary wheel, conflicting
 # pins) fails it again; a passing index outage is the exception, mended by invoking again.
 DEPENDENCY_INSTALL_FAILED = "dependency_install_failed"
+# This host cannot give the attempt an isolated identity (SPEC 4, fail closed): it is not
+# started, and a retry on the same host would not start either.
+SANDBOX_UNAVAILABLE = "sandbox_unavailable"
 
 # Reasons of executions that ended without an attempt (SPEC §3).
 SETUP_FAILED = "setup_failed"  # the attempt could not be prepared (e.g. a secret)

@@ -15,15 +15,23 @@ root for a uid of the attempt's own before any of the job is imported.
   need no translation). Nothing else of the host: no data folder, no other attempt's
   folders, no ``/root``, ``/home``, ``/run`` or ``/var``.
 - **rlimits**: the same prelude without namespaces: own session, minimal environment, the
-  limits, and the attempt's uid; the data folder becomes 0711 (no listing) with its files
-  0600, the work root 0711 and each attempt's folder 0700 owned by its uid.
+  limits, and the attempt's uid. The job reaches everything by path, so all it needs lives
+  in a *runtime folder* whose every parent other users may enter (runtime/jobroot.py): a
+  copy of the SDK, the work root (0711; each attempt's folder 0700, owned by its uid) and
+  the requirements environments; the interpreter is one the job uid can execute. The
+  data folder (database, keys, tokens) stays 0700, out of its reach.
+- **unavailable**: neither level can give each attempt its own uid here. The server
+  still serves; every attempt ends ``failed``, reason ``sandbox_unavailable``, before
+  anything is spawned. Only ``BATCHYARD_SANDBOX=off`` runs jobs as the server's own uid.
 
 One uid per attempt (``uid_base`` + n, claimed with a host-wide ``flock`` so several
 servers on one machine never share one): ``RLIMIT_NPROC`` counts per uid, so a shared
 uid would let one job's fork bomb starve every other job, and a shared uid could read
 another running attempt's folder through ``/proc/<pid>/cwd``. The uid has no passwd
-entry; USER/LOGNAME name it. A server not running as root keeps its own uid for jobs
-(bubblewrap then adds a user namespace; NPROC counts per namespace there).
+entry; USER/LOGNAME name it. A server not running as root cannot switch uids: under
+bubblewrap its jobs get a user namespace of their own (nothing of the server's is in their
+mount tree or PID namespace; NPROC counts per namespace there), and without bubblewrap
+no job runs (unavailable).
 
 The network namespace is the host's: runtime/netguard.py keeps the job uid range from
 this host's services and its private networks (nftables). Unix sockets are not IP: under
@@ -44,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import resource
 import secrets
@@ -59,8 +66,6 @@ from pathlib import Path
 from batchyard.errors import BatchyardError
 from batchyard.runtime.workspace import Workspace
 from batchyard.sdk import JOBPATH
-
-log = logging.getLogger("batchyard.sandbox")
 
 # Runs first in the job's interpreter, before anything of the job is imported. A constant,
 # never generated: its arguments come in argv as "resource:soft:hard,..." and "uid:gid"
@@ -83,31 +88,26 @@ PRELUDE = (
     "_confine(sys.argv.pop(1), sys.argv.pop(1))\n"
     "del _confine\n"
 )
-# The start-up probe: the interpreter's stdlib, the SDK and the attempt's folders must be
-# usable by the job's uid, through the real flags.
-PROBE_SOURCE = ("import os, sys\nos.listdir(sys.base_prefix)\nimport json\n"
-                "sys.path.insert(0, sys.argv[1])\nimport _batchyard_boot\n"
-                "os.listdir(os.getcwd())\nopen(os.path.join(os.environ['OUTPUT_DIR'], 'probe'),"
-                " 'w').close()\n")
-# /etc entries a job needs (name service and DNS, TLS roots, the loader's cache, MIME
-# types, Debian's alternatives links); not the rest: shadow, ssh keys, the configuration
-# of services on this host. Each bind costs ~0.1 ms of every start, so no extras (TZ is
-# set in the environment, glibc's gai.conf / host.conf defaults are fine).
-ETC_ENTRIES = ("passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "services",
-               "protocols", "ssl", "ld.so.cache", "mime.types", "alternatives")
-# Memory-backed scratch for code that writes /tmp or /dev/shm by name (TMPDIR is on disk).
-TMPFS_BYTES = 64 * 1024 * 1024
+# The start-up probe: the interpreter itself (a job may start ``sys.executable`` again),
+# its stdlib, the SDK, the attempt's folders and the environments' root must be usable by
+# the job's uid, through the real flags.
+PROBE_SOURCE = (
+    "import os, sys\n"
+    "if sys.version_info < (3, 11):\n"
+    "    sys.exit('Python %d.%d: jobs need Python 3.11 or newer' % sys.version_info[:2])\n"
+    "if not os.access(sys.executable, os.X_OK):\n"
+    "    sys.exit(f'the job uid cannot execute {sys.executable}')\n"
+    "os.listdir(sys.base_prefix)\nos.listdir(os.path.dirname(os.__file__))\nimport json\n"
+    "sys.path.insert(0, sys.argv[1])\nimport _batchyard_boot\n"
+    "os.stat(sys.argv[2]) if len(sys.argv) > 2 else None\n"
+    "os.listdir(os.getcwd())\n"
+    "for name in ('OUTPUT_DIR', 'TMPDIR'):\n"
+    "    open(os.path.join(os.environ[name], 'probe'), 'w').close()\n")
 UID_COUNT = 10_000
 JOB_USER = "batchyard-job"
 UID_LOCK_DIR = Path("/run/batchyard/uids")
 PROBE_TIMEOUT_SECONDS = 20.0
 _SIGNALS = frozenset(member.value for member in signal.Signals)
-_BWRAP_NAMESPACES = ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname",
-                     "batchyard", "--die-with-parent", "--new-session")
-# As root: the prelude needs SETUID/SETGID to switch, DAC_READ_SEARCH to enter the
-# attempt's 0700 folder before it; the switch to a non-zero uid then clears all of them.
-_ROOT_CAPS = ("--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-              "--cap-add", "CAP_DAC_READ_SEARCH")
 
 
 class SandboxUnavailable(BatchyardError):
@@ -119,8 +119,35 @@ class SandboxUnavailable(BatchyardError):
 class IsolationLevel(StrEnum):
     BUBBLEWRAP = "bubblewrap"
     RLIMITS = "rlimits"
-    # Only for supervisors built without a sandbox (tests of the supervisor itself).
+    # BATCHYARD_SANDBOX=off, and supervisors built without a sandbox (their own tests).
     UNCONFINED = "unconfined"
+    # No level gives each attempt a uid of its own here: no job runs.
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the jobs of a level find what they need: the interpreter they run, the SDK
+    folder on their path, the attempts' work root and the requirements environments."""
+
+    python: str
+    jobpath: Path
+    work_root: Path
+    env_root: Path
+    uv_cache: Path
+    # The runtime folder outside the data folder (rlimits level), else None.
+    runtime_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class OperatorReport:
+    """What the operator is told (startup log, health's operator view), never a tenant:
+    why jobs cannot run and what to change, or what start-up chose instead of what was
+    configured. Host paths belong here, not in the description (each attempt's log)."""
+
+    problem: str | None = None
+    fix: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -276,24 +303,38 @@ class Confinement:
 
 
 class Sandbox:
-    """The isolation level in force, decided once at start by ``detect_sandbox``."""
+    """The isolation level in force, decided once at start (runtime/sandbox_setup.py)."""
 
     def __init__(self, level: IsolationLevel, description: str, limits: JobLimits | None,
                  bwrap: Sequence[str] = (), uids: UidPool | None = None,
-                 read_only: Sequence[Path] = ()) -> None:
+                 read_only: Sequence[Path] = (), placement: Placement | None = None,
+                 report: OperatorReport | None = None) -> None:
         self.level = level
         self.description = description
         self.limits = limits
+        # None: a supervisor built without a sandbox, which uses its own python and folders.
+        self.placement = placement
+        self.report = report or OperatorReport()
         self._limits_arg = limits.argument() if limits is not None else None
         self._bwrap = tuple(bwrap)
         self._uids = uids
         self._read_only = tuple(read_only)
         # Folders the fixed part of the command already creates (each --dir only once).
-        self._made = frozenset(_ancestors([str(p) for p in read_only], read_only, frozenset()))
+        self._made = frozenset(bind_ancestors([str(p) for p in read_only], read_only,
+                                              frozenset()))
 
     @property
     def per_attempt_uid(self) -> bool:
         return self._uids is not None
+
+    @property
+    def runs_jobs(self) -> bool:
+        return self.level is not IsolationLevel.UNAVAILABLE
+
+    @property
+    def jobpath(self) -> Path:
+        """The folder put first on the job's path: the SDK and its bootstrap."""
+        return self.placement.jobpath if self.placement is not None else JOBPATH
 
     @property
     def uid_range(self) -> tuple[int, int] | None:
@@ -307,9 +348,21 @@ class Sandbox:
         self.description = f"{self.description}; {text}"
 
     @classmethod
-    def unconfined(cls) -> Sandbox:
-        return cls(IsolationLevel.UNCONFINED, "process-group (own session, minimal environment; "
-                   "no namespace sandbox, no resource limits)", None)
+    def unconfined(cls, placement: Placement | None = None) -> Sandbox:
+        """No confinement: the server's own uid, its own session, a minimal environment."""
+        why = ("BATCHYARD_SANDBOX=off, the operator's explicit choice" if placement is not None
+               else "a supervisor without a sandbox")
+        return cls(IsolationLevel.UNCONFINED, f"unconfined ({why}: jobs run as the server's "
+                   "own uid; own session, minimal environment; no namespaces, no resource "
+                   "limits)", None, placement=placement)
+
+    @classmethod
+    def unavailable(cls, problem: str, fix: str, placement: Placement | None = None) -> Sandbox:
+        """No job runs; the operator learns why from ``report``, tenants only that."""
+        return cls(IsolationLevel.UNAVAILABLE, "unavailable (jobs do not run: this host "
+                   "cannot give each attempt an isolated identity; the operator is told "
+                   "why)", None, placement=placement,
+                   report=OperatorReport(problem=problem, fix=fix))
 
     @contextlib.contextmanager
     def confine(self, workspace: Workspace, read_only: Sequence[Path] = ()) -> \
@@ -340,7 +393,7 @@ class Sandbox:
         binds: list[str] = []
         extra = [str(path) for path in read_only]
         folders = [str(workspace.code), str(workspace.output), str(workspace.tmp)]
-        for directory in _ancestors([*folders, *extra], self._read_only, self._made):
+        for directory in bind_ancestors([*folders, *extra], self._read_only, self._made):
             binds += ["--perms", "0711", "--dir", directory]
         for path in extra:
             binds += ["--ro-bind", path, path]
@@ -348,7 +401,7 @@ class Sandbox:
             binds += ["--bind", folder, folder]
         return (*self._bwrap, *binds, "--chdir", str(workspace.code), "--")
 
-    def probe(self, python: str, work_root: Path) -> str | None:
+    def probe(self, python: str, work_root: Path, env_root: Path | None = None) -> str | None:
         """Run the real command once; None when it works, else why not."""
         root = work_root / f"probe-{secrets.token_hex(4)}"
         workspace = Workspace(root, root / "code", root / "output", root / "tmp")
@@ -357,10 +410,13 @@ class Sandbox:
                 folder.mkdir(parents=True, mode=0o700)
             with self.confine(workspace) as confinement:
                 done = subprocess.run(
-                    confinement.command(python, PROBE_SOURCE, [str(JOBPATH)]),
-                    cwd=workspace.code, env={"PATH": "/usr/bin:/bin", "OUTPUT_DIR": str(
-                        workspace.output), "HOME": str(workspace.tmp)}, stdin=subprocess.DEVNULL,
-                    capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, start_new_session=True)
+                    confinement.command(python, PROBE_SOURCE, [
+                        str(self.jobpath), *([str(env_root)] if env_root else [])]),
+                    cwd=workspace.code, env={
+                        "PATH": "/usr/bin:/bin", "OUTPUT_DIR": str(workspace.output),
+                        "TMPDIR": str(workspace.tmp), "HOME": str(workspace.tmp)},
+                    stdin=subprocess.DEVNULL, capture_output=True,
+                    timeout=PROBE_TIMEOUT_SECONDS, start_new_session=True)
         except (OSError, subprocess.SubprocessError, BatchyardError) as exc:
             return f"{type(exc).__name__}: {exc}"
         finally:
@@ -371,98 +427,8 @@ class Sandbox:
         return None
 
 
-def detect_sandbox(mode: str, python: str, limits: JobLimits, work_root: Path,
-                   data_dir: Path, uid_base: int) -> Sandbox:
-    """Decide the isolation level: bubblewrap if it runs here, else rlimits (and say why)."""
-    uids = UidPool(uid_base) if os.geteuid() == 0 else None
-    who = (f"uid {uid_base}+n per attempt" if uids is not None
-           else "the server's uid (not root: no switch)")
-    if mode == "none":
-        reason = "BATCHYARD_SANDBOX=none"
-    else:
-        reason = "bwrap is not installed (Debian package bubblewrap)"
-        bwrap = shutil.which("bwrap")
-        if bwrap is not None:
-            read_only = [*_interpreter_prefixes(python), str(JOBPATH)]
-            sandbox = Sandbox(
-                IsolationLevel.BUBBLEWRAP,
-                f"bubblewrap (PID/mount/IPC/UTS namespaces, read-only system, only the "
-                f"attempt's folders writable, {who}; limits: {limits.describe()})",
-                limits, _bwrap_base(bwrap, read_only, uids is not None), uids,
-                [Path(path) for path in read_only])
-            failure = sandbox.probe(python, work_root)
-            if failure is None:
-                return sandbox
-            reason = f"bwrap cannot run here: {failure}"
-        if mode == "bubblewrap":
-            raise SandboxUnavailable(f"BATCHYARD_SANDBOX=bubblewrap, but {reason}")
-        log.warning("jobs run without namespaces: %s", reason)
-    if uids is not None:
-        _open_to_job_uids(data_dir, work_root)
-        sandbox = Sandbox(
-            IsolationLevel.RLIMITS,
-            f"rlimits (no namespaces: {reason}; own session, minimal environment, {who}; "
-            f"limits: {limits.describe()})", limits, uids=uids)
-        failure = sandbox.probe(python, work_root)
-        if failure is None:
-            return sandbox
-        os.chmod(data_dir, 0o700)
-        reason += f"; the job uid cannot run {python} here ({failure})"
-        log.warning("jobs run as root: the job uid cannot run %s (%s); install an "
-                    "interpreter outside /root or set BATCHYARD_PYTHON", python, failure)
-        who = "the server's uid (root: processes limit not enforced)"
-    return Sandbox(IsolationLevel.RLIMITS,
-                   f"rlimits (no namespaces: {reason}; own session, minimal environment, "
-                   f"{who}; limits: {limits.describe()})", limits)
-
-
-def _bwrap_base(bwrap: str, read_only: Sequence[str], as_root: bool) -> list[str]:
-    # The deadline's SIGTERM would kill bwrap at once, and the PID namespace with it: no
-    # grace for the job. Ignoring it (inherited through exec; the prelude restores it in
-    # the job), bwrap stays while the job, signalled directly, cleans up; SIGKILL ends all.
-    args = [*_ignoring_sigterm(), bwrap, *_BWRAP_NAMESPACES]
-    # Root keeps the init user namespace (bind sources resolve as root, the job's uid is a
-    # real host uid); anyone else needs a user namespace of their own.
-    args += list(_ROOT_CAPS) if as_root else ["--unshare-user", "--disable-userns"]
-    args += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
-             "--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm",
-             "--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        host = Path("/") / name
-        if host.is_symlink():  # Debian 12: all of them point into /usr
-            args += ["--symlink", os.readlink(host), str(host)]
-        elif host.is_dir():
-            args += ["--ro-bind", str(host), str(host)]
-    # bwrap would create /etc for the binds below as 0700: unreadable to the job's uid.
-    args += ["--perms", "0755", "--dir", "/etc"]
-    for name in ETC_ENTRIES:
-        if os.path.exists(f"/etc/{name}"):
-            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    trees = [Path(path) for path in read_only]
-    for directory in _ancestors(read_only, trees, frozenset()):
-        args += ["--perms", "0711", "--dir", directory]
-    for path in read_only:
-        if not any(tree in Path(path).parents for tree in trees):  # not already inside one
-            args += ["--ro-bind", path, path]
-    return args
-
-
-def _ignoring_sigterm() -> list[str]:
-    """``env --ignore-signal=TERM`` (coreutils 8.31 and later) where it works, else nothing
-    (bwrap then dies of the SIGTERM: the job gets no grace)."""
-    env = shutil.which("env")
-    if env is None:
-        return []
-    try:
-        done = subprocess.run([env, "--ignore-signal=TERM"], capture_output=True,
-                              timeout=PROBE_TIMEOUT_SECONDS)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [env, "--ignore-signal=TERM"] if done.returncode == 0 else []
-
-
-def _ancestors(paths: Sequence[str], bound: Sequence[Path], made: frozenset[str]) -> list[str]:
+def bind_ancestors(paths: Sequence[str], bound: Sequence[Path],
+                   made: frozenset[str]) -> list[str]:
     """The folders above ``paths`` that bwrap would otherwise create with the host's modes
     (a 0700 ``/root`` would hide a pyenv prefix from the job's uid), top down; not those
     inside a bound tree nor those in ``made``. They are made 0711: the job passes through
@@ -477,26 +443,6 @@ def _ancestors(paths: Sequence[str], bound: Sequence[Path], made: frozenset[str]
                 continue
             found[name] = None
     return list(found)
-
-
-def _interpreter_prefixes(python: str) -> list[str]:
-    """The job interpreter's own folders when they are outside /usr (pyenv: libpython)."""
-    done = subprocess.run([python, "-I", "-S", "-c",
-                           "import sys; print(sys.base_prefix); print(sys.base_exec_prefix)"],
-                          capture_output=True, check=True, timeout=PROBE_TIMEOUT_SECONDS)
-    prefixes = {os.path.realpath(line) for line in done.stdout.decode().split() if line}
-    prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(python))))
-    return sorted(p for p in prefixes if p != "/usr" and not p.startswith("/usr/"))
-
-
-def _open_to_job_uids(data_dir: Path, work_root: Path) -> None:
-    """Without a mount namespace the job reaches its folder by path: let it traverse
-    (0711, no listing) while every file of the data folder stays the server's alone."""
-    for entry in data_dir.iterdir():
-        if entry.is_file() and not entry.is_symlink():
-            os.chmod(entry, entry.stat().st_mode & 0o700)
-    os.chmod(data_dir, 0o711)
-    os.chmod(work_root, 0o711)
 
 
 def _chown_tree(root: Path, uid: int) -> None:

@@ -22,7 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batchyard.domain.executions import DEPENDENCY_INSTALL_FAILED, AttemptOutcome
+from batchyard.domain.executions import (
+    DEPENDENCY_INSTALL_FAILED,
+    SANDBOX_UNAVAILABLE,
+    AttemptOutcome,
+)
 from batchyard.domain.requirements import normalise_requirements
 from batchyard.errors import BatchyardError, InvalidCode
 from batchyard.runtime.diskwatch import describe_violation, disk_usage
@@ -33,7 +37,6 @@ from batchyard.runtime.pump import OutputPump, Part
 from batchyard.runtime.requests import Reply, RequestDispatcher, RequestHandler
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
 from batchyard.runtime.workspace import collect_outputs, create_workspace
-from batchyard.sdk import JOBPATH
 from batchyard.services.queue import AttemptResult, ClaimedAttempt
 
 # A constant, not generated source: the job path comes in as argv[1].
@@ -46,6 +49,11 @@ LAST_REQUEST_GRACE_SECONDS = 2.0
 # Records the job sends without waiting for a reply (the SDK writes "type" first).
 _ONE_WAY_RECORD = re.compile(rb'\s*\{\s*"type"\s*:\s*"(log|error|result)"')
 LOG_FLUSH_SECONDS = 0.2
+# What the tenant learns when this host cannot isolate jobs; the operator learns why (the
+# startup log, health's operator view). No host detail: it is the tenant's log.
+SANDBOX_UNAVAILABLE_MESSAGE = (f"{SANDBOX_UNAVAILABLE}: this server cannot run jobs in "
+                               "isolation at the moment, so the job was not started; the "
+                               "server's operator has been told why")
 DISK_CHECK_SECONDS = 1.0
 _LEVELS = {"debug", "info", "warn", "error", "fatal"}
 
@@ -151,6 +159,12 @@ class Supervisor:
                  f"{attempt.execution_id} (revision {attempt.revision}) on {attempt.worker}; "
                  f"isolation: {self.sandbox.description}; "
                  f"deadline {attempt.deadline_seconds:g} s", "info")
+        if not self.sandbox.runs_jobs:
+            # Fail closed: nothing of the job is installed, extracted or spawned.
+            sink.add("log", f"batchyard: {SANDBOX_UNAVAILABLE_MESSAGE}", "error")
+            return AttemptResult(AttemptOutcome.FAILED, 0.0, None, SANDBOX_UNAVAILABLE_MESSAGE,
+                                 datetime.now(UTC), logs=sink.close(),
+                                 final_failure=SANDBOX_UNAVAILABLE)
         # Dependencies: the environment stays held (never evicted) until the child has ended.
         held = contextlib.ExitStack()
         site_dirs, ended = self._environment(attempt, sink, held, stops)
@@ -273,8 +287,8 @@ class Supervisor:
             # the boot command.
             process = subprocess.Popen(
                 confinement.command(self.python, BOOT_COMMAND, [
-                    str(JOBPATH), "--channel-fd", str(child_end.fileno()), "--liveness-fd",
-                    str(liveness_read)]),
+                    str(self.sandbox.jobpath), "--channel-fd", str(child_end.fileno()),
+                    "--liveness-fd", str(liveness_read)]),
                 cwd=code_dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, pass_fds=(child_end.fileno(), liveness_read),
                 start_new_session=True, close_fds=True)
