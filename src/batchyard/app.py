@@ -14,7 +14,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from batchyard import __version__
+from batchyard.api.deps import api_key_valid
 from batchyard.api.errors import install_error_handlers
+from batchyard.api.guard import RequestGuard, operator_or_key
 from batchyard.api.routes_account import router as account_router
 from batchyard.api.routes_admin import router as admin_router
 from batchyard.api.routes_executions import router as executions_router
@@ -201,6 +203,13 @@ def create_app(server: Server) -> FastAPI:
     app.state.isolation = server.supervisor.sandbox.description
     app.state.workers = server.settings.workers
     install_error_handlers(app)
+    platform = server.platform
+
+    async def key_valid(token: str) -> bool:
+        return await api_key_valid(platform, token)
+
+    app.add_middleware(RequestGuard,
+                       credentials_valid=operator_or_key(server.operator_token, key_valid))
     for router in (admin_router, account_router, jobs_router, executions_router):
         app.include_router(router)
     return app

@@ -9,8 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
-from batchyard.errors import BatchyardError
+from batchyard.api.strict_json import RequestRefused
+from batchyard.errors import BatchyardError, internal_error_message, new_reference
 
 log = logging.getLogger("batchyard.api")
 
@@ -41,13 +43,31 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_input", message, field=field), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, RequestRefused):
+            return JSONResponse(error_body(exc.code, exc.message, **exc.extra),
+                                status_code=exc.status_code, headers=exc.headers)
         code = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated",
                 413: "too_large"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(error_body("internal_error", "An unexpected error occurred; it "
-                                       "was logged on the server."), status_code=500)
+        reference = new_reference()
+        log.error("unhandled error (reference %s)", reference, exc_info=exc)
+        return JSONResponse(error_body("internal_error", internal_error_message(reference),
+                                       reference=reference), status_code=500)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at this path (Starlette names only the first
+    route's, and FastAPI makes one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
