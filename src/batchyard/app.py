@@ -123,7 +123,9 @@ class Server:
             log_line_max_bytes=self.settings.log_line_max_bytes,
             artifact_cap_bytes=self.settings.artifact_cap_bytes,
             artifact_max_files=self.settings.artifact_max_files,
-            disk_bytes=self.settings.job_max_disk_bytes), sandbox, requests=requests)
+            disk_bytes=self.settings.job_max_disk_bytes,
+            setup_timeout_seconds=self.settings.setup_timeout_seconds), sandbox,
+            requests=requests)
         # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
         self.supervisor.environments = EnvCache(
             data_dir / "envs", python, data_dir / "uv-cache",

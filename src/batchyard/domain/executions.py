@@ -37,6 +37,9 @@ FINISHED = frozenset(s for s in ExecutionStatus if s.finished)
 # fails an install (a package or version that does not exist, no binary wheel, conflicting
 # pins) fails it again; a passing index outage is the exception, mended by invoking again.
 DEPENDENCY_INSTALL_FAILED = "dependency_install_failed"
+# The attempt's workspace could not be prepared (the stored code, a setup timeout, an error
+# of ours): the next attempt would meet the same, so it is not retried either.
+SETUP_FAILED = "setup_failed"
 
 
 @dataclass(frozen=True)
