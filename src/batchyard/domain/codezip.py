@@ -128,7 +128,11 @@ def inspect_code_zip(
             _too_large_message(len(data), max_size_bytes), size=len(data), limit=max_size_bytes
         )
     with _open_zip(data) as archive:
-        infos = archive.infolist()
+        return _inspect(archive, limits)
+
+
+def _inspect(archive: zipfile.ZipFile, limits: ZipLimits) -> CodeManifest:
+    infos = archive.infolist()
     _check_bounds(infos, limits)
     members = [_vet(info) for info in infos]
     prefix = _find_prefix(members)
@@ -142,11 +146,11 @@ def inspect_code_zip(
         total_size=sum(entry.size for entry in entries),
     )
     by_target = {entry.target: entry for entry in entries}
-    main_source = read_member(data, manifest, by_target["main.py"], MAIN_PY_MAX_BYTES)
+    main_source = _read_entry(archive, by_target["main.py"], MAIN_PY_MAX_BYTES)
     main_parameters = _main_parameters(_parse_main(main_source))
     requirements = None
     if "requirements.txt" in by_target:
-        raw = read_member(data, manifest, by_target["requirements.txt"], REQUIREMENTS_MAX_BYTES)
+        raw = _read_entry(archive, by_target["requirements.txt"], REQUIREMENTS_MAX_BYTES)
         try:
             requirements = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -217,6 +221,13 @@ def _read_entry(archive: zipfile.ZipFile, entry: CodeEntry, max_bytes: int) -> b
             "The zip is damaged; create it again.",
             entry=entry.name,
         ) from exc
+    # A stored entry whose declared size outgrows its data ends early without an error.
+    if total != entry.size:
+        raise InvalidCode(
+            f"Entry {entry.name!r} holds less data than its header declares "
+            f"({entry.size} bytes); the zip is damaged or crafted.",
+            entry=entry.name,
+        )
     return b"".join(chunks)
 
 
