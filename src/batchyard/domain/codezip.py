@@ -66,8 +66,10 @@ _OPEN_ERRORS = (
     OSError,
     ValueError,
     struct.error,
+    # "zip file version 6.4": an entry needing a newer version, raised while listing.
+    NotImplementedError,
 )
-_READ_ERRORS = (*_OPEN_ERRORS, RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError)
+_READ_ERRORS = (*_OPEN_ERRORS, RuntimeError, zlib.error, lzma.LZMAError)
 _NOT_A_ZIP = (
     "The upload is not a zip file (or it is damaged). "
     "Upload a .zip archive with main.py at its root."
