@@ -14,7 +14,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from batchyard import __version__
+from batchyard.api.deps import api_key_valid
 from batchyard.api.errors import install_error_handlers
+from batchyard.api.guard import RequestGuard, operator_or_key
 from batchyard.api.routes_account import router as account_router
 from batchyard.api.routes_admin import router as admin_router
 from batchyard.api.routes_executions import router as executions_router
@@ -167,7 +169,9 @@ class Server:
             log_line_max_bytes=self.settings.log_line_max_bytes,
             artifact_cap_bytes=self.settings.artifact_cap_bytes,
             artifact_max_files=self.settings.artifact_max_files,
-            disk_bytes=self.settings.job_max_disk_bytes), sandbox, requests=requests)
+            disk_bytes=self.settings.job_max_disk_bytes,
+            setup_timeout_seconds=self.settings.setup_timeout_seconds), sandbox,
+            requests=requests)
         # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
         self.supervisor.environments = EnvCache(
             placement.env_root, python, placement.uv_cache,
@@ -249,6 +253,13 @@ def create_app(server: Server) -> FastAPI:
     app.state.sandbox_report = sandbox_report(server.supervisor.sandbox)
     app.state.workers = server.settings.workers
     install_error_handlers(app)
+    platform = server.platform
+
+    async def key_valid(token: str) -> bool:
+        return await api_key_valid(platform, token)
+
+    app.add_middleware(RequestGuard,
+                       credentials_valid=operator_or_key(server.operator_token, key_valid))
     for router in (admin_router, account_router, jobs_router, executions_router):
         app.include_router(router)
     return app

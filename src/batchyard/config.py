@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # (install time is not the job's run time).
     env_cache_max_mb: int = Field(default=2048, ge=1)
     env_install_timeout_seconds: float = Field(default=600.0, gt=0)
+    # Preparing an attempt's folder (extracting its code), installs excluded: past it the
+    # attempt fails with reason setup_failed.
+    setup_timeout_seconds: float = Field(default=120.0, gt=0)
     # E-mail (SPEC 5, Notifications): no host = nothing is sent, and jobs are told so.
     smtp_host: str | None = None
     # None: the usual port of the TLS mode (25, 587 for starttls, 465 for ssl).

@@ -7,7 +7,19 @@ default message.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
+
+
+def new_reference() -> str:
+    """An id that ties what a tenant is told about an internal error to the server log."""
+    return "err_" + secrets.token_hex(6)
+
+
+def internal_error_message(reference: str) -> str:
+    """What a tenant sees of an error of ours: never its text, which may name host paths."""
+    return (f"An internal error occurred (reference {reference}); the operator's log has "
+            "the details.")
 
 
 class BatchyardError(Exception):

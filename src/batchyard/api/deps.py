@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from batchyard.api.strict_json import parse_json
 from batchyard.errors import InvalidInput, NotAuthenticated
 from batchyard.services import accounts
 from batchyard.services.context import Actor, Platform
@@ -42,6 +42,17 @@ async def current_actor(request: Request, platform: PlatformDep) -> Actor:
     return await run_in_threadpool(accounts.authenticate, platform, secret)
 
 
+async def api_key_valid(platform: Platform, secret: str) -> bool:
+    """Whether ``secret`` is a live API key (the request guard's early check)."""
+    if accounts.cached_actor(platform, secret) is not None:
+        return True
+    try:
+        await run_in_threadpool(accounts.authenticate, platform, secret)
+    except NotAuthenticated:
+        return False
+    return True
+
+
 async def operator(request: Request) -> None:
     token = _bearer(request)
     expected: str = request.app.state.operator_token
@@ -69,10 +80,7 @@ async def json_object(request: Request, *, required: bool = True) -> dict[str, A
         if required:
             raise InvalidInput("The request body must be a JSON object.")
         return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"The request body is not valid JSON: {exc}") from exc
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise InvalidInput("The request body must be a JSON object.")
     return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batchyard.errors import BatchyardError
+from batchyard.api.strict_json import RequestRefused
+from batchyard.errors import BatchyardError, internal_error_message, new_reference
 
 log = logging.getLogger("batchyard.api")
 
@@ -41,13 +43,37 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_input", message, field=field), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, RequestRefused):
+            return JSONResponse(error_body(exc.code, exc.message, **exc.extra),
+                                status_code=exc.status_code, headers=exc.headers)
         code = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated",
                 413: "too_large"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(error_body("internal_error", "An unexpected error occurred; it "
-                                       "was logged on the server."), status_code=500)
+        reference = new_reference()
+        log.error("unhandled error (reference %s)", reference, exc_info=exc)
+        return JSONResponse(error_body("internal_error", internal_error_message(reference),
+                                       reference=reference), status_code=500)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at this path, from the OpenAPI document (Starlette
+    names only the first matching route's, and FastAPI makes one route per method)."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(
+        app.state, "allowed_methods", None)
+    if table is None:
+        table = [(re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$"),
+                  sorted(method.upper() for method in operations))
+                 for path, operations in app.openapi().get("paths", {}).items()]
+        app.state.allowed_methods = table
+    path = request.url.path
+    return sorted({method for pattern, methods in table if pattern.match(path)
+                   for method in methods})

@@ -9,11 +9,13 @@ from fastapi import APIRouter, Query, Request
 from batchyard import __version__
 from batchyard.api import schemas, views
 from batchyard.api.deps import CurrentActor, PlatformDep, is_operator
+from batchyard.api.params import MAX_PAGE
+from batchyard.api.strict_json import StrictJsonRoute, shown
 from batchyard.domain.roles import Permission
 from batchyard.errors import InvalidInput
 from batchyard.services import accounts, audit, executions
 
-router = APIRouter(prefix="/api/v1", tags=["account"])
+router = APIRouter(prefix="/api/v1", tags=["account"], route_class=StrictJsonRoute)
 
 
 @router.get("/me", response_model=schemas.Me)
@@ -54,15 +56,16 @@ def usage(actor: CurrentActor, platform: PlatformDep,
 
 @router.get("/audit", response_model=schemas.AuditList)
 def audit_trail(actor: CurrentActor, platform: PlatformDep, job_id: str | None = None,
-                limit: int = Query(default=100, ge=1, le=500),
+                limit: int = Query(default=100, ge=1, le=MAX_PAGE),
                 cursor: str | None = None) -> schemas.AuditList:
     actor.require(Permission.READ)
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isdecimal() and cursor.isascii()
+                                   and int(cursor) <= 2**63 - 1):
         raise InvalidInput("cursor is not valid", field="cursor")
     rows, next_cursor = audit.list_entries(platform, actor, job_id, limit, cursor)
     return schemas.AuditList(items=[schemas.AuditOut(
         at=r.at, actor=r.actor, action=r.action, target=r.target, job_id=r.job_id,
-        before=r.before, after=r.after) for r in rows], next_cursor=next_cursor)
+        before=shown(r.before), after=shown(r.after)) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/health", response_model=schemas.Health, tags=["operator"])

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import Operator, PlatformDep
+from batchyard.api.strict_json import StrictJsonRoute
 from batchyard.services import accounts
 
-router = APIRouter(prefix="/api/v1/admin", tags=["operator"])
+router = APIRouter(prefix="/api/v1/admin", tags=["operator"], route_class=StrictJsonRoute)
 
 
 @router.post("/accounts", status_code=201, response_model=schemas.AccountOut)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
@@ -14,18 +13,22 @@ from fastapi.responses import StreamingResponse
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import CurrentActor, PlatformDep
+from batchyard.api.params import MAX_NUMBER, MAX_PAGE, IsoTime
+from batchyard.api.strict_json import StrictJsonRoute, shown
 from batchyard.services import executions, notifications
 from batchyard.services.context import Actor, Platform
 from batchyard.store.models import LogLine
 
-router = APIRouter(prefix="/api/v1/executions", tags=["executions"])
+router = APIRouter(prefix="/api/v1/executions", tags=["executions"],
+                   route_class=StrictJsonRoute)
 TAIL_POLL_SECONDS = 0.25
 
 
 @router.get("", response_model=schemas.ExecutionList)
 def list_executions(actor: CurrentActor, platform: PlatformDep, job_id: str | None = None,
-                    status: str | None = None, since: datetime | None = None,
-                    until: datetime | None = None, limit: int = Query(default=50, ge=1, le=500),
+                    status: str | None = None, since: IsoTime | None = None,
+                    until: IsoTime | None = None,
+                    limit: int = Query(default=50, ge=1, le=MAX_PAGE),
                     cursor: str | None = None) -> schemas.ExecutionList:
     rows, next_cursor = executions.list_executions(
         platform, actor, job_id=job_id, status=status, since=since, until=until, limit=limit,
@@ -42,13 +45,14 @@ def get_execution(execution_id: str, actor: CurrentActor,
 
 def _line(row: LogLine) -> schemas.LogLineOut:
     return schemas.LogLineOut(seq=row.seq, at=row.at, attempt=row.attempt, stream=row.stream,
-                              level=row.level, message=row.message, data=row.data)
+                              level=row.level, message=row.message, data=shown(row.data))
 
 
 @router.get("/{execution_id}/logs", response_model=schemas.LogsOut,
             responses={200: {"content": {"text/event-stream": {}}}})
 def logs(execution_id: str, request: Request, actor: CurrentActor, platform: PlatformDep,
-         level: str | None = None, after: int | None = Query(default=None, ge=-1),
+         level: str | None = None,
+         after: int | None = Query(default=None, ge=-1, le=MAX_NUMBER),
          limit: int = Query(default=1000, ge=1, le=10000)) -> Response | schemas.LogsOut:
     page = executions.read_logs(platform, actor, execution_id, level=level, after=after,
                                 limit=limit)

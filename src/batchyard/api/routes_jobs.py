@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import tempfile
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as FastApiPath
 from starlette.concurrency import run_in_threadpool
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import CurrentActor, PlatformDep
+from batchyard.api.guard import set_body_limit
+from batchyard.api.params import MAX_NUMBER, MAX_PAGE
+from batchyard.api.strict_json import StrictJsonRoute, parse_json
 from batchyard.domain import schedules
-from batchyard.errors import CodeTooLarge, InvalidCode, InvalidInput
+from batchyard.errors import CodeTooLarge, InvalidCode, NotFound
 from batchyard.services import executions, invoke, jobs
 from batchyard.services.context import Platform
 from batchyard.services.invoke_batcher import InvocationBatcher
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], route_class=StrictJsonRoute)
 
 
 @router.get("", response_model=schemas.JobList)
-def list_jobs(actor: CurrentActor, platform: PlatformDep) -> schemas.JobList:
-    rows = jobs.list_jobs(platform, actor)
-    today = executions.jobs_today(platform, actor, rows)
-    return schemas.JobList(items=[views.job_item(row, today[row.id]) for row in rows])
+def list_jobs(actor: CurrentActor, platform: PlatformDep,
+              limit: int = Query(default=MAX_PAGE, ge=1, le=MAX_PAGE),
+              cursor: str | None = None) -> schemas.JobList:
+    # By name, which is unique among live jobs: the cursor is the last name shown. A
+    # plan allows few jobs, so the page is cut here rather than in SQL.
+    rows = sorted((row for row in jobs.list_jobs(platform, actor)
+                   if cursor is None or row.name > cursor), key=lambda row: row.name)
+    page = rows[:limit]
+    today = executions.jobs_today(platform, actor, page)
+    return schemas.JobList(items=[views.job_item(row, today[row.id]) for row in page],
+                           next_cursor=page[-1].name if len(rows) > limit else None)
 
 
 @router.post("", status_code=201, response_model=schemas.JobOut)
@@ -51,34 +62,43 @@ def delete_job(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schem
 
 
 async def _read_upload(request: Request, limit: int) -> bytes:
-    """Read the zip, raw or as the multipart field ``file``, refusing early past the limit."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=5)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise InvalidCode("Send the zip as the multipart field 'file' or as the raw body.")
-        data = await upload.read(limit + 1)
-        await form.close()
-    else:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise CodeTooLarge(f"The upload is {int(declared)} bytes; the plan allows at most "
-                               f"{limit} bytes.", size=int(declared), limit=limit)
-        chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise CodeTooLarge(f"The upload is larger than the plan's {limit} bytes.",
-                                   limit=limit)
-            chunks.append(chunk)
-        data = b"".join(chunks)
-    if len(data) > limit:
-        raise CodeTooLarge(f"The upload is larger than the plan's {limit} bytes.", limit=limit)
-    if not data:
-        raise InvalidCode("The upload is empty; send a zip file holding main.py.")
-    return data
+    """The zip, raw or as the multipart field ``file``, streamed to a temporary file and
+    cut off past the plan's limit (the request guard enforces it while it streams)."""
+    # Multipart framing around the file: a few hundred bytes, bounded generously.
+    set_body_limit(request.scope, limit + 64 * 1024 if _is_multipart(request) else limit)
+    declared = request.headers.get("content-length")
+    if not _is_multipart(request) and declared and declared.isdigit() \
+            and int(declared) > limit:
+        raise CodeTooLarge(f"The upload is {int(declared)} bytes; the plan allows at most "
+                           f"{limit} bytes.", size=int(declared), limit=limit)
+    with tempfile.TemporaryFile() as spool:
+        if _is_multipart(request):
+            # Starlette spools the part to disk past 1 MiB: never whole in memory either.
+            form = await request.form(max_files=1, max_fields=5)
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise InvalidCode("Send the zip as the multipart field 'file' or as the "
+                                      "raw body.")
+                while chunk := await upload.read(64 * 1024):
+                    spool.write(chunk)
+            finally:
+                await form.close()
+        else:
+            async for chunk in request.stream():
+                spool.write(chunk)
+        size = spool.tell()
+        if size > limit:
+            raise CodeTooLarge(f"The upload is larger than the plan's {limit} bytes.",
+                               size=size, limit=limit)
+        if not size:
+            raise InvalidCode("The upload is empty; send a zip file holding main.py.")
+        spool.seek(0)
+        return spool.read()
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").startswith("multipart/form-data")
 
 
 @router.put("/{job_id}/code", status_code=201, response_model=schemas.CodeVersionOut,
@@ -88,6 +108,7 @@ async def _read_upload(request: Request, limit: int) -> bytes:
                     "file": {"type": "string", "format": "binary"}}}}}}})
 async def upload_code(job_id: str, request: Request, actor: CurrentActor,
                       platform: PlatformDep) -> schemas.CodeVersionOut:
+    # Credentials and the job are checked before a byte of the body is read.
     limit = await run_in_threadpool(jobs.code_size_limit, platform, actor, job_id)
     data = await _read_upload(request, limit)
     version = await run_in_threadpool(jobs.upload_code, platform, actor, job_id, data)
@@ -103,8 +124,10 @@ def list_code_versions(job_id: str, actor: CurrentActor,
 
 @router.get("/{job_id}/code/versions/{version}", response_class=Response,
             responses={200: {"content": {"application/zip": {}}}})
-def download_code_version(job_id: str, version: int, actor: CurrentActor,
-                          platform: PlatformDep) -> Response:
+def download_code_version(job_id: str, actor: CurrentActor, platform: PlatformDep,
+                          version: int = FastApiPath(ge=1)) -> Response:
+    if version > MAX_NUMBER:  # no such version can exist (and the database cannot hold it)
+        raise NotFound(f"Code version {version} not found.")
     row, content = jobs.code_version_content(platform, actor, job_id, version)
     return Response(content, media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="{job_id}-v{row.version}.zip"',
@@ -181,15 +204,9 @@ def unpublish(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schema
                  "application/json": {"schema": {}}}}})
 async def invoke_job(job_id: str, request: Request, actor: CurrentActor,
                      platform: PlatformDep) -> schemas.Queued:
+    # The request guard bounds the body (256 KiB) while it streams.
     raw = await request.body()
-    if len(raw) > 256 * 1024:
-        raise InvalidInput("The invocation body may be at most 256 KiB.", field="body")
-    body: Any = {}
-    if raw.strip():
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidInput(f"The body is not valid JSON: {exc}", field="body") from exc
+    body: Any = parse_json(raw, "The invocation body") if raw.strip() else {}
     invocation = invoke.api_invocation(actor, job_id, body, dict(request.query_params))
     # Group commit: the invocations of concurrent requests share one transaction.
     batcher: InvocationBatcher = request.app.state.invocations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from batchyard.api import schemas
+from batchyard.api.strict_json import shown
 from batchyard.domain.jobs import settings_from_dict
 from batchyard.domain.plans import plan_from_dict
 from batchyard.domain.schedules import schedule_summary
@@ -68,7 +69,7 @@ def execution(detail: ExecutionDetail) -> schemas.ExecutionOut:
     return schemas.ExecutionOut(
         id=row.id, job_id=row.job_id, job_name=row.job_name, revision=row.revision,
         source=row.source, scheduled_for=row.scheduled_for, status=row.status,
-        reason=row.reason, message=row.message, params=row.params,
+        reason=row.reason, message=row.message, params=shown(row.params),
         attempts=[schemas.AttemptOut(
             number=a.number, status=a.status, started_at=a.started_at, ended_at=a.ended_at,
             runtime_seconds=a.runtime_seconds, deadline_seconds=a.deadline_seconds,

@@ -32,7 +32,7 @@ import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from batchyard.domain.requirements import parse_requirements
@@ -47,6 +47,9 @@ REQUIREMENTS_MAX_BYTES = 1 * MIB
 BOMB_RATIO_MIN_ENTRY_BYTES = 1 * MIB
 # A path component longer than this cannot be created on common file systems.
 MAX_COMPONENT_BYTES = 255
+# Far below PATH_MAX (4,096) once the workspace folder is prepended, so extraction never
+# meets ENAMETOOLONG; no hand-written project comes near it.
+MAX_PATH_BYTES = 1024
 
 _LISTING_CAP = 10
 _READ_CHUNK = 64 * 1024
@@ -63,8 +66,10 @@ _OPEN_ERRORS = (
     OSError,
     ValueError,
     struct.error,
+    # "zip file version 6.4": an entry needing a newer version, raised while listing.
+    NotImplementedError,
 )
-_READ_ERRORS = (*_OPEN_ERRORS, RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError)
+_READ_ERRORS = (*_OPEN_ERRORS, RuntimeError, zlib.error, lzma.LZMAError)
 _NOT_A_ZIP = (
     "The upload is not a zip file (or it is damaged). "
     "Upload a .zip archive with main.py at its root."
@@ -125,7 +130,11 @@ def inspect_code_zip(
             _too_large_message(len(data), max_size_bytes), size=len(data), limit=max_size_bytes
         )
     with _open_zip(data) as archive:
-        infos = archive.infolist()
+        return _inspect(archive, limits)
+
+
+def _inspect(archive: zipfile.ZipFile, limits: ZipLimits) -> CodeManifest:
+    infos = archive.infolist()
     _check_bounds(infos, limits)
     members = [_vet(info) for info in infos]
     prefix = _find_prefix(members)
@@ -139,11 +148,11 @@ def inspect_code_zip(
         total_size=sum(entry.size for entry in entries),
     )
     by_target = {entry.target: entry for entry in entries}
-    main_source = read_member(data, manifest, by_target["main.py"], MAIN_PY_MAX_BYTES)
+    main_source = _read_entry(archive, by_target["main.py"], MAIN_PY_MAX_BYTES)
     main_parameters = _main_parameters(_parse_main(main_source))
     requirements = None
     if "requirements.txt" in by_target:
-        raw = read_member(data, manifest, by_target["requirements.txt"], REQUIREMENTS_MAX_BYTES)
+        raw = _read_entry(archive, by_target["requirements.txt"], REQUIREMENTS_MAX_BYTES)
         try:
             requirements = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -165,40 +174,62 @@ def read_member(data: bytes, manifest: CodeManifest, entry: CodeEntry, max_bytes
     """Decompress one entry, never producing more than it declares or max_bytes."""
     if entry not in manifest.entries:
         raise ValueError(f"{entry.name!r} is not an entry of this manifest")
+    with _open_zip(data) as archive:
+        return _read_entry(archive, entry, max_bytes)
+
+
+def read_members(data: bytes, manifest: CodeManifest) -> Iterator[tuple[CodeEntry, bytes]]:
+    """Every entry of the manifest with its content, in one pass over one open archive.
+
+    Opening the archive parses its whole central directory: doing it once per entry
+    (``read_member`` in a loop) made extraction quadratic in the number of files.
+    """
+    with _open_zip(data) as archive:
+        for entry in manifest.entries:
+            yield entry, _read_entry(archive, entry, entry.size)
+
+
+def _read_entry(archive: zipfile.ZipFile, entry: CodeEntry, max_bytes: int) -> bytes:
     if entry.size > max_bytes:
         raise InvalidCode(
             f"{entry.target} is {_human(entry.size)}; at most {_human(max_bytes)} "
             "is allowed for it.",
             entry=entry.name,
         )
-    with _open_zip(data) as archive:
-        try:
-            info = archive.getinfo(entry.name)
-        except KeyError:
-            raise ValueError(f"{entry.name!r} is not in this zip") from None
-        if info.file_size != entry.size:
-            raise ValueError(f"{entry.name!r} does not match this zip")
-        chunks: list[bytes] = []
-        total = 0
-        try:
-            with archive.open(info) as member:
-                while chunk := member.read(min(_READ_CHUNK, entry.size - total + 1)):
-                    total += len(chunk)
-                    # zipfile stops at the declared size today; we do not rely on it.
-                    if total > entry.size:
-                        raise InvalidCode(
-                            f"Entry {entry.name!r} holds more data than its header "
-                            f"declares ({entry.size} bytes); the zip is damaged "
-                            "or crafted.",
-                            entry=entry.name,
-                        )
-                    chunks.append(chunk)
-        except _READ_ERRORS as exc:
-            raise InvalidCode(
-                f"Entry {entry.name!r} could not be read: {exc}. "
-                "The zip is damaged; create it again.",
-                entry=entry.name,
-            ) from exc
+    try:
+        info = archive.getinfo(entry.name)
+    except KeyError:
+        raise ValueError(f"{entry.name!r} is not in this zip") from None
+    if info.file_size != entry.size:
+        raise ValueError(f"{entry.name!r} does not match this zip")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with archive.open(info) as member:
+            while chunk := member.read(min(_READ_CHUNK, entry.size - total + 1)):
+                total += len(chunk)
+                # zipfile stops at the declared size today; we do not rely on it.
+                if total > entry.size:
+                    raise InvalidCode(
+                        f"Entry {entry.name!r} holds more data than its header "
+                        f"declares ({entry.size} bytes); the zip is damaged "
+                        "or crafted.",
+                        entry=entry.name,
+                    )
+                chunks.append(chunk)
+    except _READ_ERRORS as exc:
+        raise InvalidCode(
+            f"Entry {entry.name!r} could not be read: {exc}. "
+            "The zip is damaged; create it again.",
+            entry=entry.name,
+        ) from exc
+    # A stored entry whose declared size outgrows its data ends early without an error.
+    if total != entry.size:
+        raise InvalidCode(
+            f"Entry {entry.name!r} holds less data than its header declares "
+            f"({entry.size} bytes); the zip is damaged or crafted.",
+            entry=entry.name,
+        )
     return b"".join(chunks)
 
 
@@ -271,6 +302,8 @@ def _vet(info: zipfile.ZipInfo) -> _Member:
         raise refuse("has no file name.")
     if any(len(part.encode()) > MAX_COMPONENT_BYTES for part in parts):
         raise refuse(f"has a path component longer than {MAX_COMPONENT_BYTES} bytes.")
+    if len("/".join(parts).encode()) > MAX_PATH_BYTES:
+        raise refuse(f"has a path longer than {MAX_PATH_BYTES} bytes.")
     return _Member(info=info, parts=parts, is_dir=is_dir)
 
 

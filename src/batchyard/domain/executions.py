@@ -42,7 +42,9 @@ DEPENDENCY_INSTALL_FAILED = "dependency_install_failed"
 SANDBOX_UNAVAILABLE = "sandbox_unavailable"
 
 # Reasons of executions that ended without an attempt (SPEC §3).
-SETUP_FAILED = "setup_failed"  # the attempt could not be prepared (e.g. a secret)
+# The attempt could not be prepared (a secret that does not decrypt, the stored code, a
+# setup timeout, an error of ours): the next attempt would meet the same, so no retry.
+SETUP_FAILED = "setup_failed"
 RUNTIME_BUDGET_EXHAUSTED = "runtime_budget_exhausted"  # no budget left at the start
 JOB_UNPUBLISHED = "job_unpublished"  # queued when its job was unpublished
 JOB_DELETED = "job_deleted"  # queued when its job was deleted

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import marshal
 import os
 import re
@@ -25,10 +26,16 @@ from typing import Any
 from batchyard.domain.executions import (
     DEPENDENCY_INSTALL_FAILED,
     SANDBOX_UNAVAILABLE,
+    SETUP_FAILED,
     AttemptOutcome,
 )
 from batchyard.domain.requirements import normalise_requirements
-from batchyard.errors import BatchyardError, InvalidCode
+from batchyard.errors import (
+    BatchyardError,
+    InvalidCode,
+    internal_error_message,
+    new_reference,
+)
 from batchyard.runtime.diskwatch import describe_violation, disk_usage
 from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.logsink import LogSink, LogWriter
@@ -36,9 +43,10 @@ from batchyard.runtime.processes import kill_group_now, kill_tree, process_table
 from batchyard.runtime.pump import OutputPump, Part
 from batchyard.runtime.requests import Reply, RequestDispatcher, RequestHandler
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
-from batchyard.runtime.workspace import collect_outputs, create_workspace
+from batchyard.runtime.workspace import SetupTimedOut, collect_outputs, create_workspace
 from batchyard.services.queue import AttemptResult, ClaimedAttempt
 
+log = logging.getLogger("batchyard.supervisor")
 # A constant, not generated source: the job path comes in as argv[1].
 BOOT_COMMAND = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
                 "import _batchyard_boot; _batchyard_boot.start()")
@@ -67,6 +75,8 @@ class RuntimeLimits:
     artifact_max_files: int
     # Bytes the attempt's writable folders may hold (0: no limit); see runtime/diskwatch.py.
     disk_bytes: int = 0
+    # Extracting the code; dependency installs are bounded by the environment cache.
+    setup_timeout_seconds: float = 120.0
 
 
 class _Stops:
@@ -171,15 +181,17 @@ class Supervisor:
         if ended is not None:
             held.close()
             return replace(ended, logs=sink.close())
+        # Setup is bounded on its own (dependency installs above have their own timeout).
+        setup_started = time.monotonic()
         try:
-            workspace = create_workspace(self.work_root, attempt.execution_id, attempt.number,
-                                         attempt.code)
-        except BatchyardError as exc:
+            workspace = create_workspace(
+                self.work_root, attempt.execution_id, attempt.number, attempt.code,
+                deadline=setup_started + self.limits.setup_timeout_seconds)
+        except (BatchyardError, SetupTimedOut, OSError) as exc:
             held.close()
-            sink.add("log", f"The code could not be prepared: {exc.message}", "error")
-            return AttemptResult(AttemptOutcome.FAILED, 0.0, None,
-                                 f"code could not be prepared: {exc.message}",
-                                 datetime.now(UTC), logs=sink.close())
+            return self._setup_failed(attempt, sink, exc)
+        sink.add("log", f"batchyard: code ready in {time.monotonic() - setup_started:.2f} s",
+                 "info")
         try:
             # Sandbox: the attempt's uid is claimed for the child's lifetime only.
             with self.sandbox.confine(workspace, [Path(d) for d in site_dirs]) as confinement:
@@ -248,6 +260,23 @@ class Supervisor:
                                             if environment.seconds >= 0.1 else ""))
         sink.add("log", f"batchyard: requirements: {how} ({environment.key[:12]})", "info")
         return (str(environment.path),), None
+
+    def _setup_failed(self, attempt: ClaimedAttempt, sink: LogSink,
+                      exc: BatchyardError | SetupTimedOut | OSError) -> AttemptResult:
+        if isinstance(exc, BatchyardError):  # the validator's refusal: the tenant's to read
+            detail = f"code could not be prepared: {exc.message}"
+        elif isinstance(exc, SetupTimedOut):
+            detail = (f"the code was not ready within {self.limits.setup_timeout_seconds:g} s "
+                      f"({exc})")
+        else:
+            # An OSError names host paths: the tenant gets a reference to the server log.
+            reference = new_reference()
+            log.error("attempt %s/%d: setup failed (reference %s)", attempt.execution_id,
+                      attempt.number, reference, exc_info=exc)
+            detail = internal_error_message(reference)
+        sink.add("log", f"batchyard: {SETUP_FAILED}: {detail}", "error")
+        return AttemptResult(AttemptOutcome.FAILED, 0.0, None, f"{SETUP_FAILED}: {detail}",
+                             datetime.now(UTC), logs=sink.close(), final_failure=SETUP_FAILED)
 
     @staticmethod
     def _install_failed(sink: LogSink, message: str) -> AttemptResult:

@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,21 +26,43 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def create_workspace(base: Path, execution_id: str, attempt: int, code: bytes) -> Workspace:
-    """Extract the code (validated again: the stored zip is customer data) into a new folder."""
+class SetupTimedOut(Exception):
+    """Extracting the code took longer than the setup timeout allows."""
+
+
+def create_workspace(base: Path, execution_id: str, attempt: int, code: bytes,
+                     deadline: float | None = None) -> Workspace:
+    """Extract the code (validated again: the stored zip is customer data) into a new folder.
+
+    ``deadline`` (``time.monotonic()``) bounds the extraction; past it ``SetupTimedOut``
+    is raised and the folder is removed.
+    """
     root = base / f"{execution_id}-{attempt}-{secrets.token_hex(4)}"
     workspace = Workspace(root, root / "code", root / "output", root / "tmp")
     for folder in (workspace.code, workspace.output, workspace.tmp):
         folder.mkdir(parents=True, mode=0o700)
+    try:
+        _extract(code, workspace.code, deadline)
+    except BaseException:
+        workspace.remove()
+        raise
+    return workspace
+
+
+def _extract(code: bytes, into: Path, deadline: float | None) -> None:
     manifest = codezip.inspect_code_zip(code, len(code))
-    for entry in manifest.entries:
-        target = workspace.code / entry.target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        content = codezip.read_member(code, manifest, entry, entry.size)
+    made: set[Path] = {into}
+    for entry, content in codezip.read_members(code, manifest):
+        if deadline is not None and time.monotonic() > deadline:
+            raise SetupTimedOut(f"{entry.target} and the files after it were not extracted "
+                                "in time")
+        target = into / entry.target
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
-    return workspace
 
 
 @dataclass(frozen=True)

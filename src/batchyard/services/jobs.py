@@ -217,7 +217,9 @@ def upload_code(platform: Platform, actor: Actor, job_id: str, data: bytes) -> C
 def list_code_versions(platform: Platform, actor: Actor, job_id: str) -> list[CodeVersion]:
     actor.require(Permission.READ)
     with platform.db.read() as session:
-        scoped.job(session, actor.account_id, job_id, include_deleted=True)
+        # A deleted job is gone for its tenant, sub-resources included (SPEC 2); its
+        # executions stay readable as history.
+        scoped.job(session, actor.account_id, job_id)
         return list(scoped.code_versions(session, actor.account_id, job_id))
 
 
@@ -225,7 +227,7 @@ def code_version_content(platform: Platform, actor: Actor, job_id: str,
                          version: int) -> tuple[CodeVersion, bytes]:
     actor.require(Permission.READ)
     with platform.db.read() as session:
-        scoped.job(session, actor.account_id, job_id, include_deleted=True)
+        scoped.job(session, actor.account_id, job_id)
         row = scoped.code_version(session, actor.account_id, job_id, version)
         return row, row.content
 
