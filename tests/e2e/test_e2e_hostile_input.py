@@ -204,9 +204,10 @@ def test_a_2000_file_zip_is_set_up_in_a_few_seconds(make_account: AccountFactory
     assert "1999" in [line["message"] for line in logs if line["stream"] == "stdout"]
     ready = [line["message"] for line in logs if "code ready in" in line["message"]]
     assert ready, logs
-    # Loose bounds (bench/zip_setup.py has the figures): was 21.6 s before.
-    assert float(ready[0].split("code ready in ")[1].split(" s")[0]) < 5
-    assert elapsed < 15
+    # Loose bounds (bench/zip_setup.py has the figures): 21.6 s before. Creating 2,000
+    # files is the disk's cost, a few ms each on a loaded shared disk.
+    assert float(ready[0].split("code ready in ")[1].split(" s")[0]) < 10
+    assert elapsed < 30
 
 
 @pytest.mark.parametrize("name", [

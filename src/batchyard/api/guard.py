@@ -38,8 +38,9 @@ _LIMIT_KEY = "batchyard.body_limit"
 _INVOKE = re.compile(r"^/api/v1/jobs/[^/]+/invoke$")
 _CODE = re.compile(r"^/api/v1/jobs/[^/]+/code$")
 
-# True when the bearer token is the operator's or a live API key's.
-CredentialCheck = Callable[[str], Awaitable[bool]]
+# True when the request's headers carry credentials the server knows (app.py: the
+# operator token or a live API key; a console session would be checked here too).
+CredentialCheck = Callable[[Headers], Awaitable[bool]]
 
 
 def body_limit(method: str, path: str) -> int | None:
@@ -95,7 +96,7 @@ class RequestGuard:
             return
         size = int(declared) if declared is not None else 0
         if (chunked or size > UNAUTHENTICATED_BODY_BYTES) \
-                and not await self.credentials_valid(_bearer(headers)):
+                and not await self.credentials_valid(headers):
             # The body is never read; closing the connection is what stops the sender.
             await _answer(send, 401, "not_authenticated", "Send valid credentials as "
                           "'Authorization: Bearer <key>' before a body of this size.",
@@ -136,7 +137,8 @@ def _bearer(headers: Headers) -> str:
 
 def operator_or_key(operator_token: str,
                     key_valid: Callable[[str], Awaitable[bool]]) -> CredentialCheck:
-    async def check(token: str) -> bool:
+    async def check(headers: Headers) -> bool:
+        token = _bearer(headers)
         if not token:
             return False
         if hmac.compare_digest(token.encode(), operator_token.encode()):

@@ -16,33 +16,37 @@ from batchyard.errors import InvalidInput
 from batchyard.services import accounts, audit, executions
 
 router = APIRouter(prefix="/api/v1", tags=["account"], route_class=StrictJsonRoute)
+# Every route but the health check needs an account key.
+_KEYED = schemas.errors(401, 403, 422)
 
 
-@router.get("/me", response_model=schemas.Me)
+@router.get("/me", response_model=schemas.Me, responses=_KEYED)
 def me(actor: CurrentActor, platform: PlatformDep) -> schemas.Me:
     user, account = accounts.account_of(platform, actor)
     return schemas.Me(user=views.user(user), account=views.account(account, platform.secrets))
 
 
-@router.post("/api-keys", status_code=201, response_model=schemas.ApiKeyCreated)
+@router.post("/api-keys", status_code=201, response_model=schemas.ApiKeyCreated,
+             responses=_KEYED)
 def create_api_key(actor: CurrentActor, platform: PlatformDep,
                    body: schemas.ApiKeyCreate | None = None) -> schemas.ApiKeyCreated:
     new = accounts.create_api_key(platform, actor, body.name if body else None)
     return schemas.ApiKeyCreated(**views.api_key(new.key).model_dump(), key=new.secret)
 
 
-@router.get("/api-keys", response_model=list[schemas.ApiKeyOut])
+@router.get("/api-keys", response_model=list[schemas.ApiKeyOut], responses=_KEYED)
 def list_api_keys(actor: CurrentActor, platform: PlatformDep) -> list[schemas.ApiKeyOut]:
     return [views.api_key(row) for row in accounts.list_api_keys(platform, actor)]
 
 
-@router.delete("/api-keys/{key_id}", response_model=schemas.ApiKeyOut)
+@router.delete("/api-keys/{key_id}", response_model=schemas.ApiKeyOut,
+               responses=schemas.errors(401, 403, 404, 422))
 def revoke_api_key(key_id: str, actor: CurrentActor,
                    platform: PlatformDep) -> schemas.ApiKeyOut:
     return views.api_key(accounts.revoke_api_key(platform, actor, key_id))
 
 
-@router.get("/usage")
+@router.get("/usage", responses=_KEYED)
 def usage(actor: CurrentActor, platform: PlatformDep,
           date_: str | None = Query(default=None, alias="date")) -> dict[str, object]:
     day = None
@@ -54,7 +58,7 @@ def usage(actor: CurrentActor, platform: PlatformDep,
     return executions.usage(platform, actor, day)
 
 
-@router.get("/audit", response_model=schemas.AuditList)
+@router.get("/audit", response_model=schemas.AuditList, responses=_KEYED)
 def audit_trail(actor: CurrentActor, platform: PlatformDep, job_id: str | None = None,
                 limit: int = Query(default=100, ge=1, le=MAX_PAGE),
                 cursor: str | None = None) -> schemas.AuditList:

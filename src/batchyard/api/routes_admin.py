@@ -9,7 +9,8 @@ from batchyard.api.deps import Operator, PlatformDep
 from batchyard.api.strict_json import StrictJsonRoute
 from batchyard.services import accounts
 
-router = APIRouter(prefix="/api/v1/admin", tags=["operator"], route_class=StrictJsonRoute)
+router = APIRouter(prefix="/api/v1/admin", tags=["operator"], route_class=StrictJsonRoute,
+                   responses=schemas.errors(401, 422))
 
 
 @router.post("/accounts", status_code=201, response_model=schemas.AccountOut)
@@ -19,12 +20,14 @@ def create_account(body: schemas.AccountCreate, _op: Operator,
     return views.account(row, platform.secrets)
 
 
-@router.get("/accounts/{account_id}", response_model=schemas.AccountOut)
+@router.get("/accounts/{account_id}", response_model=schemas.AccountOut,
+            responses=schemas.errors(404))
 def get_account(account_id: str, _op: Operator, platform: PlatformDep) -> schemas.AccountOut:
     return views.account(accounts.get_account(platform, account_id), platform.secrets)
 
 
-@router.patch("/accounts/{account_id}", response_model=schemas.AccountOut)
+@router.patch("/accounts/{account_id}", response_model=schemas.AccountOut,
+              responses=schemas.errors(404))
 def update_account(account_id: str, body: schemas.AccountUpdate, _op: Operator,
                    platform: PlatformDep) -> schemas.AccountOut:
     data = body.model_dump(exclude_unset=True)
@@ -34,7 +37,7 @@ def update_account(account_id: str, body: schemas.AccountUpdate, _op: Operator,
     return views.account(row, platform.secrets)
 
 
-@router.post("/accounts/{account_id}/users", status_code=201,
+@router.post("/accounts/{account_id}/users", status_code=201, responses=schemas.errors(404, 409),
              response_model=schemas.UserCreated)
 def create_user(account_id: str, body: schemas.UserCreate, _op: Operator,
                 platform: PlatformDep) -> schemas.UserCreated:

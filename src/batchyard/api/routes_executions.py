@@ -20,7 +20,7 @@ from batchyard.services.context import Actor, Platform
 from batchyard.store.models import LogLine
 
 router = APIRouter(prefix="/api/v1/executions", tags=["executions"],
-                   route_class=StrictJsonRoute)
+                   route_class=StrictJsonRoute, responses=schemas.errors(401, 403, 404, 422))
 TAIL_POLL_SECONDS = 0.25
 
 
@@ -82,7 +82,8 @@ def _tail(platform: Platform, actor: Actor, execution_id: str, level: str | None
             time.sleep(TAIL_POLL_SECONDS)
 
 
-@router.post("/{execution_id}/cancel", response_model=schemas.ExecutionOut)
+@router.post("/{execution_id}/cancel", response_model=schemas.ExecutionOut,
+             responses=schemas.errors(409))
 def cancel(execution_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.ExecutionOut:
     return views.execution(executions.cancel(platform, actor, execution_id))
 

@@ -9,19 +9,24 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as FastApiPath
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import CurrentActor, PlatformDep
 from batchyard.api.guard import set_body_limit
 from batchyard.api.params import MAX_NUMBER, MAX_PAGE
-from batchyard.api.strict_json import StrictJsonRoute, parse_json
+from batchyard.api.strict_json import RequestRefused, StrictJsonRoute, parse_json
 from batchyard.domain import schedules
 from batchyard.errors import CodeTooLarge, InvalidCode, NotFound
 from batchyard.services import executions, invoke, jobs
 from batchyard.services.context import Platform
 from batchyard.services.invoke_batcher import InvocationBatcher
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], route_class=StrictJsonRoute)
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], route_class=StrictJsonRoute,
+                   responses=schemas.errors(401, 403, 422))
+_ONE_JOB = schemas.errors(404)
+# A change of a job: its name or state may conflict.
+_CHANGE = schemas.errors(404, 409)
 
 
 @router.get("", response_model=schemas.JobList)
@@ -38,25 +43,26 @@ def list_jobs(actor: CurrentActor, platform: PlatformDep,
                            next_cursor=page[-1].name if len(rows) > limit else None)
 
 
-@router.post("", status_code=201, response_model=schemas.JobOut)
+@router.post("", status_code=201, response_model=schemas.JobOut,
+             responses=schemas.errors(409, 429))
 def create_job(body: schemas.JobCreate, actor: CurrentActor,
                platform: PlatformDep) -> schemas.JobOut:
     return views.job(jobs.create_job(platform, actor, body.model_dump(exclude_none=True)))
 
 
-@router.get("/{job_id}", response_model=schemas.JobOut)
+@router.get("/{job_id}", response_model=schemas.JobOut, responses=_ONE_JOB)
 def get_job(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.JobOut:
     return views.job(jobs.get_job(platform, actor, job_id))
 
 
-@router.patch("/{job_id}", response_model=schemas.JobOut)
+@router.patch("/{job_id}", response_model=schemas.JobOut, responses=_CHANGE)
 def update_job(job_id: str, body: schemas.JobUpdate, actor: CurrentActor,
                platform: PlatformDep) -> schemas.JobOut:
     return views.job(jobs.update_job(platform, actor, job_id,
                                      body.model_dump(exclude_unset=True)))
 
 
-@router.delete("/{job_id}", response_model=schemas.JobOut)
+@router.delete("/{job_id}", response_model=schemas.JobOut, responses=_CHANGE)
 def delete_job(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.JobOut:
     return views.job(jobs.delete_job(platform, actor, job_id))
 
@@ -74,7 +80,14 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     with tempfile.TemporaryFile() as spool:
         if _is_multipart(request):
             # Starlette spools the part to disk past 1 MiB: never whole in memory either.
-            form = await request.form(max_files=1, max_fields=5)
+            try:
+                form = await request.form(max_files=1, max_fields=5)
+            except StarletteHTTPException as exc:
+                if isinstance(exc, RequestRefused):  # past the limit
+                    raise
+                # Starlette's 400 for broken multipart framing: a bad upload, like a bad zip.
+                raise InvalidCode(f"The multipart body could not be read: {exc.detail}") \
+                    from None
             try:
                 upload = form.get("file")
                 if upload is None or isinstance(upload, str):
@@ -102,6 +115,7 @@ def _is_multipart(request: Request) -> bool:
 
 
 @router.put("/{job_id}/code", status_code=201, response_model=schemas.CodeVersionOut,
+            responses=schemas.errors(404, 409, 413),
             openapi_extra={"requestBody": {"content": {
                 "application/zip": {"schema": {"type": "string", "format": "binary"}},
                 "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -115,7 +129,8 @@ async def upload_code(job_id: str, request: Request, actor: CurrentActor,
     return views.code_version(version)
 
 
-@router.get("/{job_id}/code/versions", response_model=schemas.CodeVersionList)
+@router.get("/{job_id}/code/versions", response_model=schemas.CodeVersionList,
+            responses=_ONE_JOB)
 def list_code_versions(job_id: str, actor: CurrentActor,
                        platform: PlatformDep) -> schemas.CodeVersionList:
     return schemas.CodeVersionList(items=[
@@ -123,7 +138,7 @@ def list_code_versions(job_id: str, actor: CurrentActor,
 
 
 @router.get("/{job_id}/code/versions/{version}", response_class=Response,
-            responses={200: {"content": {"application/zip": {}}}})
+            responses={200: {"content": {"application/zip": {}}}, **_ONE_JOB})
 def download_code_version(job_id: str, actor: CurrentActor, platform: PlatformDep,
                           version: int = FastApiPath(ge=1)) -> Response:
     if version > MAX_NUMBER:  # no such version can exist (and the database cannot hold it)
@@ -134,12 +149,12 @@ def download_code_version(job_id: str, actor: CurrentActor, platform: PlatformDe
         "X-Checksum-Sha256": row.sha256})
 
 
-@router.get("/{job_id}/settings", response_model=schemas.SettingsOut)
+@router.get("/{job_id}/settings", response_model=schemas.SettingsOut, responses=_ONE_JOB)
 def get_settings(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.SettingsOut:
     return views.settings(jobs.get_job(platform, actor, job_id).settings)
 
 
-@router.put("/{job_id}/settings", response_model=schemas.SettingsOut)
+@router.put("/{job_id}/settings", response_model=schemas.SettingsOut, responses=_CHANGE)
 def put_settings(job_id: str, body: schemas.SettingsIn, actor: CurrentActor,
                  platform: PlatformDep) -> schemas.SettingsOut:
     data = body.model_dump(exclude_unset=True)
@@ -150,7 +165,8 @@ def put_settings(job_id: str, body: schemas.SettingsIn, actor: CurrentActor,
     return views.settings(jobs.update_settings(platform, actor, job_id, data).settings)
 
 
-@router.get("/{job_id}/variables", response_model=schemas.VariableList)
+@router.get("/{job_id}/variables", response_model=schemas.VariableList,
+            responses=_ONE_JOB)
 def get_variables(job_id: str, actor: CurrentActor,
                   platform: PlatformDep) -> schemas.VariableList:
     return schemas.VariableList(variables=[
@@ -158,7 +174,8 @@ def get_variables(job_id: str, actor: CurrentActor,
         for v in jobs.list_variables(platform, actor, job_id)])
 
 
-@router.put("/{job_id}/variables", response_model=schemas.VariableList)
+@router.put("/{job_id}/variables", response_model=schemas.VariableList,
+            responses=_CHANGE)
 def put_variables(job_id: str, body: schemas.VariablesIn, actor: CurrentActor,
                   platform: PlatformDep) -> schemas.VariableList:
     items = [v.model_dump() for v in body.variables]
@@ -177,29 +194,30 @@ def _schedule_out(platform: Platform, job_schedule: dict[str, Any] | None) -> \
                                next_runs=runs)
 
 
-@router.get("/{job_id}/schedule", response_model=schemas.ScheduleOut)
+@router.get("/{job_id}/schedule", response_model=schemas.ScheduleOut, responses=_ONE_JOB)
 def get_schedule(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.ScheduleOut:
     return _schedule_out(platform, jobs.get_job(platform, actor, job_id).schedule)
 
 
-@router.put("/{job_id}/schedule", response_model=schemas.ScheduleOut)
+@router.put("/{job_id}/schedule", response_model=schemas.ScheduleOut, responses=_CHANGE)
 def put_schedule(job_id: str, body: schemas.ScheduleIn, actor: CurrentActor,
                  platform: PlatformDep) -> schemas.ScheduleOut:
     job = jobs.set_schedule(platform, actor, job_id, body.model_dump(exclude_none=True))
     return _schedule_out(platform, job.schedule)
 
 
-@router.post("/{job_id}/publish", response_model=schemas.JobOut)
+@router.post("/{job_id}/publish", response_model=schemas.JobOut, responses=_CHANGE)
 def publish(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.JobOut:
     return views.job(jobs.publish(platform, actor, job_id))
 
 
-@router.post("/{job_id}/unpublish", response_model=schemas.JobOut)
+@router.post("/{job_id}/unpublish", response_model=schemas.JobOut, responses=_CHANGE)
 def unpublish(job_id: str, actor: CurrentActor, platform: PlatformDep) -> schemas.JobOut:
     return views.job(jobs.unpublish(platform, actor, job_id))
 
 
 @router.post("/{job_id}/invoke", status_code=202, response_model=schemas.Queued,
+             responses=schemas.errors(404, 409, 429),
              openapi_extra={"requestBody": {"required": False, "content": {
                  "application/json": {"schema": {}}}}})
 async def invoke_job(job_id: str, request: Request, actor: CurrentActor,

@@ -3,11 +3,52 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from batchyard.domain.jobs import MAX_DESCRIPTION
 
 JsonValue = Any
+# Optional in a PATCH, but null is refused (it would mean nothing): the schema says so.
+NotNull = SkipJsonSchema[None]
+# The name rule of domain/jobs.py, stated in the schema only: the domain's message is the
+# clearer refusal.
+def _job_name_schema(schema: dict[str, Any]) -> None:
+    schema.update(minLength=3, maxLength=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _-]*$")
+
+
+# --- errors --------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every non-2xx answer of the API (API.md, conventions)."""
+
+    error: ErrorDetail
+
+
+_STATUS_MEANING = {
+    400: "Malformed request", 401: "No or bad credentials",
+    403: "The role or the account's features do not allow this",
+    404: "Unknown, or another account's", 405: "Method not allowed (see Allow)",
+    409: "The resource is not in a state that allows this",
+    413: "The code is larger than the plan allows",
+    422: "Invalid input (with the field); JSON deeper than 64 levels, NaN/Infinity, "
+         "duplicate keys or a body over the route's size",
+    429: "A plan limit; the code is the reason (retry_after seconds when known)",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer."""
+    return {status: {"model": ErrorOut, "description": _STATUS_MEANING[status]}
+            for status in statuses}
 
 
 class Strict(BaseModel):
@@ -28,13 +69,13 @@ class Databases(Strict):
 
 
 class AccountUpdate(Strict):
-    name: str | None = None
-    timezone: str | None = None
-    batch_jobs_enabled: bool | None = None
-    super_admin_only: bool | None = None
-    budget_mode: Literal["recorded", "strict"] | None = None
-    plan: dict[str, int | float | bool] | None = None
-    databases: Databases | None = None
+    name: Annotated[str, Field(min_length=1, max_length=200)] | NotNull = None
+    timezone: str | NotNull = None
+    batch_jobs_enabled: bool | NotNull = None
+    super_admin_only: bool | NotNull = None
+    budget_mode: Literal["recorded", "strict"] | NotNull = None
+    plan: dict[str, int | float | bool] | NotNull = None
+    databases: Databases | NotNull = None
 
 
 class UserCreate(Strict):
@@ -48,13 +89,13 @@ class ApiKeyCreate(Strict):
 
 
 class JobCreate(Strict):
-    name: str
-    description: str | None = None
+    name: str = Field(json_schema_extra=_job_name_schema)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
 
 
 class JobUpdate(Strict):
-    name: str | None = None
-    description: str | None = None
+    name: Annotated[str, Field(json_schema_extra=_job_name_schema)] | NotNull = None
+    description: Annotated[str, Field(max_length=MAX_DESCRIPTION)] | NotNull = None
 
 
 class NotifyIn(Strict):
