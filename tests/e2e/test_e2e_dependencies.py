@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import textwrap
 import urllib.request
+from pathlib import Path
 
 import pytest
 from e2e_support import (
@@ -60,7 +61,10 @@ def needs_pypi() -> None:
 
 def environments(server: ServerProcess) -> dict[str, int]:
     """Each environment folder of the server, with its completion marker's mtime."""
-    root = server.data_dir / "envs"
+    with server.client() as operator:
+        sandbox = operator.get("/api/v1/health").json()["sandbox"]
+    # In the runtime folder outside the data folder (bubblewrap, rlimits), else the data folder.
+    root = Path(sandbox["runtime_dir"] or server.data_dir) / "envs"
     if not root.is_dir():
         return {}
     return {path.name: (path / ".batchyard-env.json").stat().st_mtime_ns

@@ -312,8 +312,6 @@ def test_no_tenant_visible_string_of_a_failed_setup_names_the_data_folder(
     assert_no_data_folder(account.owner, server, execution)
 
 
-@pytest.mark.xfail(strict=True, reason="the work folder lies inside the data folder, so a "
-                   "traceback names it, until issue 8 moves work folders out of it")
 def test_no_tenant_visible_string_of_a_failing_job_names_the_data_folder(
         make_account: AccountFactory, server: ServerProcess) -> None:
     account = make_account()

@@ -179,6 +179,7 @@ def test_sigkilled_server_retries_the_interrupted_attempt_after_restart(
         assert wait_for(account.owner, execution_id, timeout=5)["status"] == "cancelled"
 
 
+@pytest.mark.timeout(120)  # three server starts
 def test_a_second_server_on_the_same_sqlite_data_folder_is_refused_and_the_first_serves_on(
         launch_server: ServerFactory, tmp_path: Any) -> None:
     first = launch_server()

@@ -135,7 +135,7 @@ class Placement:
     work_root: Path
     env_root: Path
     uv_cache: Path
-    # The runtime folder outside the data folder (rlimits level), else None.
+    # The runtime folder outside the data folder (rlimits and bubblewrap), else None.
     runtime_dir: Path | None = None
 
 

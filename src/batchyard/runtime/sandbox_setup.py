@@ -81,6 +81,23 @@ def data_placement(python: str, data_dir: Path) -> Placement:
     return Placement(python, JOBPATH, work_root, data_dir / "envs", data_dir / "uv-cache")
 
 
+def runtime_placement(python: str, data_dir: Path, runtime_dir: Path | None) -> Placement:
+    """Bubblewrap: the attempts' folders, environments and a copy of the SDK in the runtime
+    folder, outside the data folder, as at the rlimits level. Inside the sandbox a folder
+    keeps its host path, which a job's traceback shows its tenant: never the data folder's.
+    Where the runtime folder cannot be made, the data folder (bwrap, as root, binds
+    whatever the modes above)."""
+    try:
+        folder = prepare_runtime_dir(runtime_dir or default_runtime_dir(data_dir), data_dir)
+        sdk = install_sdk(folder)
+    except (RuntimeFolderUnusable, OSError) as exc:
+        log.warning("bubblewrap: jobs' folders stay in the data folder (%s)", exc)
+        return data_placement(python, data_dir)
+    compile_sdk(sdk, python)
+    return Placement(python, sdk, folder / "work", folder / "envs", folder / "uv-cache",
+                     folder)
+
+
 def detect_sandbox(mode: str, python: str, limits: JobLimits, data_dir: Path, uid_base: int,
                    runtime_dir: Path | None = None) -> Sandbox:
     """The level for ``BATCHYARD_SANDBOX=mode``; ``python`` is the preferred interpreter."""
@@ -95,7 +112,8 @@ def detect_sandbox(mode: str, python: str, limits: JobLimits, data_dir: Path, ui
         reason = "bwrap is not installed (Debian package bubblewrap)"
         bwrap = shutil.which("bwrap")
         if bwrap is not None:
-            sandbox, failure = _try_bubblewrap(bwrap, python, limits, data_dir, uids)
+            sandbox, failure = _try_bubblewrap(bwrap, python, limits, data_dir, uids,
+                                               runtime_dir)
             if sandbox is not None:
                 return sandbox
             reason = f"bwrap cannot run here: {failure}"  # the operator's, see _rlimits
@@ -111,10 +129,11 @@ def detect_sandbox(mode: str, python: str, limits: JobLimits, data_dir: Path, ui
 
 
 def _try_bubblewrap(bwrap: str, python: str, limits: JobLimits, data_dir: Path,
-                    uids: UidPool | None) -> tuple[Sandbox | None, str]:
-    placement = data_placement(python, data_dir)
+                    uids: UidPool | None, runtime_dir: Path | None
+                    ) -> tuple[Sandbox | None, str]:
+    placement = runtime_placement(python, data_dir, runtime_dir)
     try:
-        read_only = [*_interpreter_prefixes(python), str(JOBPATH)]
+        read_only = [*_interpreter_prefixes(python), str(placement.jobpath)]
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"the interpreter {python} does not run: {exc}"
     who = (f"uid {uids.base}+n per attempt" if uids is not None
