@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchyard.domain.executions import AttemptOutcome
+from batchyard.errors import internal_error_message, new_reference
 from batchyard.runtime.logsink import LogWriter
 from batchyard.runtime.supervisor import Supervisor
 from batchyard.services import queue
@@ -141,14 +142,15 @@ class WorkerPool:
         try:
             try:
                 result = self.supervisor.run(attempt, self.log_writer(attempt))
-            except Exception as exc:
-                # A bug of ours must not leave the execution "running": record it.
-                log.exception("attempt %s/%d crashed in the supervisor", attempt.execution_id,
-                              attempt.number)
-                result = AttemptResult(
-                    AttemptOutcome.FAILED, 0.0, None,
-                    f"internal error in the worker: {type(exc).__name__}: {exc}",
-                    self.platform.clock.now())
+            except Exception:
+                # A bug of ours must not leave the execution "running": record it, with a
+                # reference for the tenant (its text may name host paths) and the detail here.
+                reference = new_reference()
+                log.exception("attempt %s/%d crashed in the supervisor (reference %s)",
+                              attempt.execution_id, attempt.number, reference)
+                result = AttemptResult(AttemptOutcome.FAILED, 0.0, None,
+                                       internal_error_message(reference),
+                                       self.platform.clock.now())
             # Still in _running meanwhile: the heartbeat keeps the lease while it retries.
             finish_with_retries(self.platform, attempt, result, self.timing.lease_seconds)
         finally:

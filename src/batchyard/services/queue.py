@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,6 +30,7 @@ from batchyard.domain.executions import (
 )
 from batchyard.domain.jobs import JobSettings
 from batchyard.domain.plans import plan_from_dict
+from batchyard.errors import internal_error_message, new_reference
 from batchyard.services import notifications
 from batchyard.services.context import Platform
 from batchyard.services.revisions import PublishedCode, PublishedRevision
@@ -314,12 +314,12 @@ def _prepare(platform: Platform, session: Session, execution: Any) -> \
                            "(was the key changed?). Set the variable again and re-publish."
                            ) from None
     except Exception:
-        reference = secrets.token_hex(6)
+        reference = new_reference()
         log.exception("preparing execution %s failed (reference %s)", execution["id"],
                       reference)
         raise _Unstartable(ExecutionStatus.FAILED, SETUP_FAILED,
-                           f"The attempt could not be prepared (internal error, reference "
-                           f"{reference}).") from None
+                           f"The attempt could not be prepared. "
+                           f"{internal_error_message(reference)}") from None
     return revision, code, variables, tuple(secret_values)
 
 
