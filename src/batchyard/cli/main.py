@@ -1,23 +1,33 @@
-"""``batchyard serve`` and friends. Every flag has a BATCHYARD_* environment twin."""
+"""``batchyard``: the server (``serve``) and the developer kit, in one command.
+
+Every flag of ``serve`` has a BATCHYARD_* environment twin. The kit's commands import
+what they need when they run: ``batchyard --help`` loads neither the server stack nor
+the HTTP client.
+"""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from batchyard.config import Settings
+from batchyard.cli import account, kit, operate
+from batchyard.cli.common import chosen
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="batchyard: scheduled and API-invoked Python batch jobs.")
+                  help="batchyard: scheduled and API-invoked Python batch jobs.\n\n"
+                       "Exit codes: 0 ok, 1 job failed, 2 usage or invalid input, "
+                       "3 refused by a plan limit, 4 not found / forbidden / bad key, "
+                       "5 server unreachable or failing.")
 
 
 @app.callback()
-def _root() -> None:
+def _root(profile: Annotated[str | None, typer.Option(
+        "--profile", "-p", help="Profile to use (BATCHYARD_PROFILE; default: the default "
+                                "profile).")] = None) -> None:
     """batchyard: scheduled and API-invoked Python batch jobs."""
+    chosen.profile = profile
 
 
 @app.command()
@@ -29,6 +39,12 @@ def serve(
     demo: Annotated[bool, typer.Option(help="Create/print the demo account and job.")] = False,
 ) -> None:
     """Run the API, the worker pool and the sweeper in one process."""
+    import logging
+
+    import uvicorn
+
+    from batchyard.config import Settings
+
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
                                    "workers": workers}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
@@ -61,6 +77,27 @@ def serve(
         typer.echo(f"batchyard is at {url}")
     uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning",
                 timeout_graceful_shutdown=15)
+
+
+# The developer kit (and the vendor's lsbatch verbs as aliases).
+app.command()(account.login)
+app.command("configure", help="The vendor's verb: same as login.")(account.login)
+app.command()(account.whoami)
+app.command()(kit.init)
+app.command()(kit.run)
+app.command()(kit.pack)
+app.command("deploy")(kit.deploy_command)
+app.command()(kit.save)
+app.command()(kit.publish)
+app.command()(kit.install)
+app.command()(kit.uninstall)
+app.command()(operate.jobs)
+app.command()(operate.invoke)
+app.command()(operate.executions)
+app.command()(operate.logs)
+app.command()(operate.artifacts)
+app.command()(operate.cancel)
+app.command()(operate.usage)
 
 
 if __name__ == "__main__":
