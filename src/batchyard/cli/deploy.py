@@ -93,7 +93,11 @@ def deploy(client: Client, project: Project, report: Report, publish: bool,
     if state.get("url") != client.url:
         state = {"salt": state.get("salt")} if state.get("salt") else {}
     state["url"] = client.url
-    package = packing.build(project, state.get("code_limit"))
+    # The plan's code size limit (kept from the last deploy): a package over it is refused
+    # before anything is created or sent.
+    if not state.get("code_limit"):
+        state["code_limit"] = _code_limit(client)
+    package = packing.build(project, state["code_limit"])
     desired_schedule = _desired_schedule(project)
 
     job = _find_job(client, project, state)
@@ -120,6 +124,11 @@ def deploy(client: Client, project: Project, report: Report, publish: bool,
     finally:
         _save_state(project, state)
     return report
+
+
+def _code_limit(client: Client) -> int:
+    plan = client.me()["account"]["plan"]
+    return int(plan.get("max_code_size_bytes") or packing.DEFAULT_CODE_LIMIT)
 
 
 def _find_job(client: Client, project: Project, state: dict[str, Any]) -> Job | None:
@@ -163,9 +172,8 @@ def _apply_code(client: Client, project: Project, job: Job, package: packing.Pac
     if server_sha == package.sha256:
         state["code"] = {"version": version, "sha256": package.sha256}
         return False
-    # The plan's size limit, before anything is sent (the server would answer 413).
-    limit = int(client.me()["account"]["plan"].get("max_code_size_bytes")
-                or packing.DEFAULT_CODE_LIMIT)
+    # The plan may have changed since the last deploy: its limit now, before the upload.
+    limit = _code_limit(client)
     state["code_limit"] = limit
     packing.validate(project, package.data, limit)
     report.code_files = _file_changes(client, job, version, package)
