@@ -59,3 +59,33 @@ def test_invoke_follow_prints_lines_as_the_job_writes_them(
     assert child.exitstatus == 0
     # The lines came one by one, about the job's 1.5 s apart.
     assert seen[2] - seen[1] > 0.8 and seen[3] - seen[2] > 0.8
+
+
+def test_login_asks_for_the_key_without_echo_and_profiles_are_chosen(
+        tmp_path: Path, server: ServerProcess, make_account: AccountFactory) -> None:
+    first, second = make_account(), make_account()
+    kit = Kit.make(tmp_path)
+    child = pexpect.spawn(sys.executable, ["-m", "batchyard.cli.main", "login", "--url",
+                                           server.base_url], env=kit.env, cwd=str(tmp_path),
+                          encoding="utf-8", timeout=30)
+    try:
+        child.expect(r"API key \(not shown\): ")
+        child.sendline(first.keys["owner"])
+        child.expect("Logged in")
+        child.expect(pexpect.EOF)
+        shown = (child.before or "") + (child.after if isinstance(child.after, str) else "")
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert first.keys["owner"] not in shown
+    # A second, named profile; --profile and BATCHYARD_API_KEY pick between them.
+    key_file = tmp_path / "second.key"
+    key_file.write_text(second.keys["viewer"])
+    assert kit("configure", "--url", server.base_url, "--key-file", str(key_file),
+               "--profile", "other", "--no-default", cwd=tmp_path).returncode == 0
+    assert kit.json("whoami", cwd=tmp_path)["account"]["id"] == first.id
+    assert kit.json("--profile", "other", "whoami", cwd=tmp_path)["account"]["id"] == second.id
+    overridden = kit.json("whoami", cwd=tmp_path,
+                          env={"BATCHYARD_API_KEY": second.keys["owner"]})
+    assert overridden["account"]["id"] == second.id
+    assert kit("--profile", "nope", "whoami", cwd=tmp_path).returncode == 4
