@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -121,3 +123,26 @@ def test_requirements_install_once_into_a_cached_environment(tmp_path: Path) -> 
     assert any(item["message"].startswith("batchyard: requirements: cached environment")
                for item in again["logs"])
     assert (Path(kit.env["XDG_CACHE_HOME"]) / "batchyard" / "envs").is_dir()
+
+
+SERVER_STACK = ("sqlalchemy", "fastapi", "uvicorn", "alembic", "pydantic", "httpx",
+                "batchyard.services", "batchyard.store", "batchyard.runtime", "batchyard.api",
+                "batchyard.app", "batchyard.config")
+
+
+def _modules_after(source: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", f"{source}\nimport json, sys\n"
+                           "print(json.dumps(sorted(sys.modules)))"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_help_loads_no_server_stack_and_the_client_none_of_the_server() -> None:
+    helped = _modules_after("import sys\nfrom batchyard.cli.main import app\n"
+                            "sys.argv = ['batchyard', '--help']\n"
+                            "try:\n    app()\nexcept SystemExit:\n    pass")
+    assert not {m for m in helped if m.startswith(SERVER_STACK)}
+    client = _modules_after("import batchyard.client")
+    assert not {m for m in client if m.startswith(("batchyard.services", "batchyard.store",
+                                                   "batchyard.runtime", "batchyard.api",
+                                                   "batchyard.domain", "batchyard.cli."))}
