@@ -146,3 +146,27 @@ def test_help_loads_no_server_stack_and_the_client_none_of_the_server() -> None:
     assert not {m for m in client if m.startswith(("batchyard.services", "batchyard.store",
                                                    "batchyard.runtime", "batchyard.api",
                                                    "batchyard.domain", "batchyard.cli."))}
+
+
+def test_run_queries_a_database_given_with_db(tmp_path: Path) -> None:
+    import sqlite3
+
+    database = tmp_path / "local.sqlite3"
+    with sqlite3.connect(database) as connection:
+        connection.execute("create table users (name text, visits integer)")
+        connection.execute("insert into users values ('ada', 3), ('bob', 5)")
+    root = _project(tmp_path)
+    (root / "main.py").write_text(
+        "from helper import LS\n\n\ndef main():\n"
+        "    rows = LS.db.execute_DB_query('select name, visits from users order by name')\n"
+        "    LS.log.info('users', {'rows': rows})\n"
+        "    LS.db.execute_ETL_query('select 1')\n")
+    kit = Kit.make(tmp_path)
+    result = kit.json("run", "--db", f"main=sqlite:///{database}", cwd=root, expect=1)
+    records = user_records(result["logs"])
+    assert records[0][1].startswith("query on main: 2 rows in ")
+    assert records[1] == ("info", "users", {"rows": [{"name": "ada", "visits": 3},
+                                                     {"name": "bob", "visits": 5}]})
+    # Only main was given: the etl query fails the job with the kit's own words.
+    assert "No etl database for this local run" in result["error"]
+    assert kit("run", "--db", "other=sqlite:///x", cwd=root).returncode == 2

@@ -1,9 +1,8 @@
 """What ``batchyard run`` answers to a job's channel requests instead of the server.
 
 E-mails are printed, not sent. ``LS.db`` queries go to a URL given with ``--db``
-(through the server's own broker, so values, limits and errors are the platform's),
-else to the project's ``query.json`` answers (the vendor's kit: exact SQL text → CSV
-file), else they are refused as for an account without database access.
+(localdb.py), else to the project's ``query.json`` answers (the vendor's kit: exact SQL
+text → CSV file), else they are refused as for an account without database access.
 """
 
 from __future__ import annotations
@@ -12,17 +11,14 @@ import csv
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
-from batchyard.runtime.dbbroker import DatabaseBroker
-from batchyard.runtime.dbrun import QueryLimits
 from batchyard.runtime.requests import LOG_NOTE, Reply
-from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt
+
+if TYPE_CHECKING:
+    from batchyard.services.queue import ClaimedAttempt
 
 QUERY_ANSWERS = "query.json"
-LOCAL_QUERY_LIMITS = QueryLimits(statement_timeout_seconds=300.0, connect_timeout_seconds=10.0,
-                                 max_rows=100_000, max_reply_bytes=32 * 1024 * 1024)
 
 
 class PrintedEmail:
@@ -50,25 +46,6 @@ class PrintedEmail:
                    + (f"  attachments: {', '.join(map(str, attachments))}\n"
                       if attachments else ""))
         return {"ok": True, "recipients": recipients}
-
-
-class LocalDatabases(DatabaseBroker):
-    """The server's broker, with URLs from the command line instead of the account."""
-
-    def __init__(self, urls: Mapping[str, str]) -> None:
-        # No platform: the URLs are the developer's own, given to this process.
-        super().__init__(cast(Platform, None), LOCAL_QUERY_LIMITS)
-        self._urls = dict(urls)
-
-    def __call__(self, attempt: ClaimedAttempt, record: Mapping[str, Any]) -> Reply:
-        target, sql, multi = record.get("target"), record.get("sql"), record.get("multi")
-        if not isinstance(sql, str) or not isinstance(multi, bool):
-            return {"ok": False, "error": "A query needs SQL text and multi true or false."}
-        url = self._urls.get(str(target))
-        if url is None:
-            return {"ok": False, "error": f"No {target} database for this local run: give "
-                                          f"one with --db {target}=URL"}
-        return self._query(attempt, str(target), url, sql, multi)
 
 
 class QueryAnswers:

@@ -52,12 +52,7 @@ def run_locally(project: Project, package: Package, variables: Mapping[str, str]
                 show: Callable[[dict[str, Any]], None], say: Callable[[str], None]
                 ) -> LocalResult:
     # The server's runtime: imported only now, so the other commands start fast.
-    from batchyard.cli.localhandlers import (
-        QUERY_ANSWERS,
-        LocalDatabases,
-        PrintedEmail,
-        QueryAnswers,
-    )
+    from batchyard.cli.localhandlers import QUERY_ANSWERS, PrintedEmail, QueryAnswers
     from batchyard.domain import codezip
     from batchyard.runtime.envcache import EnvCache
     from batchyard.runtime.sandbox import JobLimits, Sandbox, detect_sandbox
@@ -90,6 +85,8 @@ def run_locally(project: Project, package: Package, variables: Mapping[str, str]
         requests: dict[str, Any] = {"email": PrintedEmail(say, project.settings.get(
             "notify") or {})}
         if databases:
+            from batchyard.cli.localdb import LocalDatabases
+
             requests["db"] = LocalDatabases(databases)
         elif (project.root / QUERY_ANSWERS).is_file():
             requests["db"] = QueryAnswers(project.root)
