@@ -8,7 +8,8 @@ be reached raises ``Unreachable``.
 
 from __future__ import annotations
 
-from batchyard.client.client import Client, LogEvent
+from typing import TYPE_CHECKING, Any
+
 from batchyard.client.errors import ApiError, ClientError, Unreachable
 from batchyard.client.types import (
     Artifact,
@@ -20,6 +21,20 @@ from batchyard.client.types import (
     Me,
     Variable,
 )
+
+if TYPE_CHECKING:
+    from batchyard.client.client import Client, LogEvent
+
+
+def __getattr__(name: str) -> Any:
+    # httpx is imported with the client itself, not with its errors and types: a command
+    # that only maps errors (``batchyard run``) never pays for it.
+    if name in ("Client", "LogEvent"):
+        from batchyard.client import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'batchyard.client' has no attribute {name!r}")
+
 
 __all__ = [
     "ApiError",
