@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from devkit_support import Kit, user_records
-from e2e_support import AccountFactory, ServerProcess
+from e2e_support import AccountFactory, ServerProcess, deploy_job, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -109,11 +109,41 @@ def test_init_run_deploy_invoke_follow_logs_artifacts_and_an_idempotent_deploy(
     assert all(TOKEN not in json.dumps(v) for v in listed_vars["variables"])
     assert kit.json("deploy", "--publish", cwd=root)["changes"] == []
 
+    # A change made on the server (not by this project) is named before it is published.
+    changed = account.owner.put(f"/api/v1/jobs/{first['job_id']}/settings",
+                                json={"misfire_grace_minutes": 5})
+    assert changed.status_code == 200, changed.text
+    pending = kit.json("deploy", "--publish", cwd=root)
+    assert pending["changes"] == [] and pending["published_revision"] == 3
+    assert [line.split(" by ")[0] for line in pending["pending_on_server"]] == ["job.settings"]
+    assert kit.json("deploy", "--publish", cwd=root)["requests"]["writes"] == 0
+
     table = kit("jobs", cwd=root)
     assert table.returncode == 0 and name in table.stdout and "published" in table.stdout
     history = kit.json("executions", name, cwd=root)
     assert [item["id"] for item in history] == [execution_id]
     assert kit.json("usage", cwd=root)["executions"]["used"] == 1
+    bars = kit("usage", cwd=root)
+    assert bars.returncode == 0 and "executions today" in bars.stdout
+
+
+def test_cancel_and_follow_a_running_execution(
+        tmp_path: Path, server: ServerProcess, make_account: AccountFactory) -> None:
+    account = make_account()
+    job_id = deploy_job(account, "import time\n\ndef main(event):\n    print('started')\n"
+                                 "    time.sleep(60)\n")
+    kit = Kit.make(tmp_path)
+    kit.login(server.base_url, account.keys["owner"], cwd=tmp_path)
+    queued = kit.json("invoke", job_id, cwd=tmp_path)
+    execution_id = queued["execution_id"]
+    wait_for(account.owner, execution_id, "running")
+    cancelled = kit.json("cancel", execution_id, cwd=tmp_path)
+    assert cancelled["id"] == execution_id
+    followed = kit("logs", execution_id, "--follow", cwd=tmp_path)
+    assert followed.returncode == 1 and "cancelled" in followed.stdout, followed.stdout
+    assert wait_for(account.owner, execution_id)["status"] == "cancelled"
+    again = kit("cancel", execution_id, cwd=tmp_path)
+    assert again.returncode == 2 and "(HTTP 409)" in again.stderr
 
 
 def test_a_project_test_and_the_kit_verbs_of_the_vendor(

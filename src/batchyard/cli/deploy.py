@@ -27,7 +27,7 @@ from batchyard.cli.project import Project, write_lsbatch_id
 from batchyard.client import ApiError, Client, Job
 
 STATE_FILE = "state.json"
-_CHANGE_ACTIONS_BEFORE_PUBLISH = ("job.publish",)
+PUBLISH_ACTION = "job.publish"
 
 
 @dataclass
@@ -37,6 +37,8 @@ class Report:
     changes: list[str] = field(default_factory=list)
     code_files: dict[str, list[str]] = field(default_factory=dict)
     next_runs: list[str] = field(default_factory=list)
+    # Changes made on the server (console, API) since the last publish, from the audit.
+    pending: list[str] = field(default_factory=list)
     uploaded: dict[str, Any] | None = None
     published: int | None = None
     reads: int = 0
@@ -45,7 +47,8 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "created": self.created, "changes": self.changes,
                 "code_files": self.code_files, "next_runs": self.next_runs,
-                "uploaded": self.uploaded, "published_revision": self.published,
+                "pending_on_server": self.pending, "uploaded": self.uploaded,
+                "published_revision": self.published,
                 "requests": {"reads": self.reads, "writes": self.writes}}
 
 
@@ -87,8 +90,10 @@ def _fingerprint(state: dict[str, Any], value: str) -> str:
 
 
 def deploy(client: Client, project: Project, report: Report, publish: bool,
-           say: Callable[[str], None],
+           before_publish: Callable[[Report], None],
            progress: Callable[[int, int], None] | None = None) -> Report:
+    """Apply the project; ``before_publish(report)`` is called with the differences
+    before the new revision is made (and also when nothing is to be published)."""
     state = _load_state(project)
     if state.get("url") != client.url:
         state = {"salt": state.get("salt")} if state.get("salt") else {}
@@ -119,8 +124,14 @@ def deploy(client: Client, project: Project, report: Report, publish: bool,
         wrote |= _apply_settings(client, project, job, report)
         wrote |= _apply_schedule(client, job, desired_schedule, report)
         wrote |= _apply_variables(client, project, job, state, report)
-        if publish:
-            _publish(client, job, state, report, wrote)
+        current = job["status"] == "published" and (
+            not publish or _published_is_current(client, job, state, report))
+        before_publish(report)
+        if publish and (wrote or not current):
+            published = client.publish(job["id"])
+            state["published"] = {"revision": published["revision"],
+                                  "modified_at": published["modified_at"]}
+            report.published = published["revision"]
     finally:
         _save_state(project, state)
     return report
@@ -287,25 +298,19 @@ def _apply_variables(client: Client, project: Project, job: Job, state: dict[str
     return True
 
 
-def _publish(client: Client, job: Job, state: dict[str, Any], report: Report,
-             wrote: bool) -> None:
-    if not wrote and job["status"] == "published" and _published_is_current(
-            client, job, state):
-        return
-    published = client.publish(job["id"])
-    state["published"] = {"revision": published["revision"],
-                          "modified_at": published["modified_at"]}
-    report.published = published["revision"]
-
-
-def _published_is_current(client: Client, job: Job, state: dict[str, Any]) -> bool:
-    """Whether the published revision is the working copy: known from the last deploy's
-    publish, else from the audit trail (no change recorded after the last publish)."""
+def _published_is_current(client: Client, job: Job, state: dict[str, Any],
+                          report: Report) -> bool:
+    """Whether the published revision is the server's working copy (as it was before this
+    deploy): known from the last deploy's publish, else from the audit trail, whose
+    changes since the last publish are listed in ``report.pending``."""
     if state.get("published") == {"revision": job["revision"],
                                   "modified_at": job["modified_at"]}:
         return True
-    entries = client.audit(job["id"], limit=50)
-    current = bool(entries) and entries[0]["action"] in _CHANGE_ACTIONS_BEFORE_PUBLISH
-    if current:
+    entries = client.audit(job["id"], limit=100)
+    for entry in entries:  # newest first
+        if entry["action"] == PUBLISH_ACTION:
+            break
+        report.pending.append(f"{entry['action']} by {entry['actor']} at {entry['at'][:19]}")
+    if not report.pending and entries:
         state["published"] = {"revision": job["revision"], "modified_at": job["modified_at"]}
-    return current
+    return not report.pending

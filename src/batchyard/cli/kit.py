@@ -167,30 +167,34 @@ def _deploy(publish: bool, json_out: bool) -> None:
             task = progress_bar.add_task("upload", total=total)
         progress_bar.update(task, completed=sent)
 
+    def show(report: Report) -> None:
+        """The differences, printed before the new revision is made."""
+        if json_out:
+            return
+        if not report.changes:
+            ui.say(f"{project.name}: no change; nothing written [{report.reads} reads]")
+        else:
+            ui.say(f"{project.name} ({report.job_id}):")
+            for change in report.changes:
+                ui.say(f"  {change}")
+            for kind, names in report.code_files.items():
+                sign = {"added": "+", "removed": "-"}.get(kind, "~")
+                for name in names:
+                    ui.say(f"    {sign} {name}")
+        for pending in report.pending:
+            ui.say(f"  not yet published, changed on the server: {pending}", "yellow")
+        if report.next_runs:
+            ui.say("next runs: " + ", ".join(report.next_runs))
+
     try:
         with client(Counter(report)) as api:
-            deploy(api, project, report, publish, ui.say, progress)
+            deploy(api, project, report, publish, show, progress)
     finally:
         if progress_bar is not None:
             progress_bar.stop()
     if json_out:
         ui.emit_json(report.as_dict())
-        return
-    if not report.changes:
-        ui.say(f"{project.name}: no change; nothing written"
-               + (f" (revision {report.published} published)" if report.published else "")
-               + f" [{report.reads} reads]")
-    else:
-        ui.say(f"{project.name} ({report.job_id}):")
-        for change in report.changes:
-            ui.say(f"  {change}")
-        for kind, names in report.code_files.items():
-            for name in names:
-                ui.say(f"    {'+' if kind == 'added' else '-' if kind == 'removed' else '~'}"
-                       f" {name}")
-    if report.next_runs:
-        ui.say("next runs: " + ", ".join(report.next_runs))
-    if report.published is not None:
+    elif report.published is not None:
         ui.say(f"published revision {report.published}", "green")
     elif not publish and report.changes:
         ui.say("not published: `batchyard deploy --publish` (or `batchyard publish`) "
