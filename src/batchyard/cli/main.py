@@ -7,6 +7,7 @@ the HTTP client.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -100,5 +101,16 @@ app.command()(operate.cancel)
 app.command()(operate.usage)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``batchyard`` entry point: a plain ``run`` skips typer's command building
+    (fastrun.py: the job's start is the figure developers wait for); all else is typer's."""
+    from batchyard.cli.fastrun import run_if_plain
+
+    status = run_if_plain(sys.argv[1:])
+    if status is not None:
+        sys.exit(status)
     app()
+
+
+if __name__ == "__main__":
+    main()
