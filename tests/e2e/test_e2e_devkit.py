@@ -14,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from devkit_support import Kit, user_records
 from e2e_support import AccountFactory, ServerProcess, deploy_job, wait_for
@@ -167,3 +168,34 @@ def test_a_project_test_and_the_kit_verbs_of_the_vendor(
                             timeout=120)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "1 passed" in tested.stdout
+
+
+def test_a_schedule_is_applied_once_with_the_accounts_zone_and_its_next_runs(
+        tmp_path: Path, server: ServerProcess, make_account: AccountFactory,
+        operator: httpx.Client) -> None:
+    account = make_account()
+    assert operator.patch(f"/api/v1/admin/accounts/{account.id}",
+                          json={"timezone": "Europe/Berlin"}).status_code == 200
+    kit = Kit.make(tmp_path)
+    kit.login(server.base_url, account.keys["owner"], cwd=tmp_path)
+    name = f"sched-{uuid.uuid4().hex[:8]}"
+    root = tmp_path / name
+    root.mkdir()
+    (root / "main.py").write_text("def main():\n    pass\n")
+    config = root / "batchyard.toml"
+    config.write_text(f'[job]\nname = "{name}"\n\n[schedule]\ntype = "daily"\n'
+                      'times = ["06:00", "18:00"]\n')
+    first = kit.json("deploy", "--publish", cwd=root)
+    assert any(change.startswith("schedule: ") for change in first["changes"])
+    assert len(first["next_runs"]) == 5
+    assert all(run.endswith(("06:00:00+01:00", "18:00:00+01:00", "06:00:00+02:00",
+                             "18:00:00+02:00")) for run in first["next_runs"]), first
+    job = account.owner.get(f"/api/v1/jobs/{first['job_id']}").json()
+    assert job["schedule"]["timezone"] == "Europe/Berlin"
+    again = kit.json("deploy", "--publish", cwd=root)
+    assert again["changes"] == [] and again["requests"]["writes"] == 0
+    assert again["next_runs"] == first["next_runs"]
+    config.write_text(config.read_text().replace('"18:00"', '"19:30"'))
+    changed = kit.json("deploy", "--publish", cwd=root)
+    assert [c for c in changed["changes"] if c.startswith("schedule")], changed
+    assert changed["published_revision"] == 2

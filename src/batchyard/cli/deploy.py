@@ -254,16 +254,19 @@ def _apply_schedule(client: Client, job: Job, desired: dict[str, Any] | None,
         if current is not None:
             return False
         desired = {"type": "none"}  # publishing needs one; the vendor's jobs are ad hoc
-    timezone = str(desired.get("timezone") or (current or {}).get("timezone") or "UTC")
-    normalised = validate_schedule({**desired, "timezone": timezone}, timezone)
-    now = datetime.now(UTC)
-    if normalised["type"] != "none":
-        report.next_runs = [run["local"] for run in describe_next_runs(normalised, now)]
-    if current is not None and _same(normalised, current) and _same(current, normalised):
-        return False
-    answer = client.put_schedule(job["id"], normalised)
+    # Without a timezone in batchyard.toml the server's choice stands (the account's zone
+    # when the schedule is first set): only the rest is compared.
+    timezone = desired.get("timezone") or (current or {}).get("timezone")
+    if current is not None and timezone:
+        normalised = validate_schedule({**desired, "timezone": timezone}, str(timezone))
+        if _same(normalised, current) and _same(current, normalised):
+            if normalised["type"] != "none":
+                report.next_runs = [run["local"] for run in
+                                    describe_next_runs(normalised, datetime.now(UTC))]
+            return False
+    answer = client.put_schedule(job["id"], desired)
     report.next_runs = [str(run.get("local")) for run in answer.get("next_runs") or []]
-    report.changes.append(f"schedule: {answer.get('summary') or normalised['type']}"
+    report.changes.append(f"schedule: {answer.get('summary') or desired['type']}"
                           + (f" (was {job['schedule_summary']})" if current else ""))
     return True
 

@@ -26,7 +26,8 @@ SKIPPED_FOLDERS = {".venv", "venv", "__pycache__", ".git", "output", ".batchyard
                    "deliverables", ".pytest_cache", ".mypy_cache", ".ruff_cache",
                    "batch-virtualenv", ".hg", ".svn", ".idea", ".vscode"}
 # The kit's own files: local configuration and answers, never code.
-SKIPPED_FILES = {CONFIG, SECRETS, IGNORE_FILE, "event.json", "query.json", ".DS_Store"}
+SKIPPED_FILES = {CONFIG, SECRETS, IGNORE_FILE, "event.json", "query.json", ".DS_Store",
+                 ".gitignore"}
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 DEFAULT_CODE_LIMIT = 4 * 1024 * 1024
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
