@@ -199,3 +199,22 @@ def test_a_schedule_is_applied_once_with_the_accounts_zone_and_its_next_runs(
     changed = kit.json("deploy", "--publish", cwd=root)
     assert [c for c in changed["changes"] if c.startswith("schedule")], changed
     assert changed["published_revision"] == 2
+
+
+def test_one_project_deployed_to_two_accounts_never_mixes_their_jobs(
+        tmp_path: Path, server: ServerProcess, make_account: AccountFactory) -> None:
+    first, second = make_account(), make_account()
+    kit = Kit.make(tmp_path)
+    kit.login(server.base_url, first.keys["owner"], cwd=tmp_path)
+    root, _name = _project(tmp_path, kit)
+    one = kit.json("deploy", cwd=root)
+    other = {"BATCHYARD_API_KEY": second.keys["owner"]}
+    two = kit.json("deploy", cwd=root, env=other)
+    # The recorded job is not the second account's (404 there): a job of its own, with code.
+    assert two["created"] and two["uploaded"] and two["job_id"] != one["job_id"]
+    assert second.owner.get(f"/api/v1/jobs/{two['job_id']}/code/versions").json()["items"]
+    back = kit.json("deploy", cwd=root)
+    assert back["job_id"] == one["job_id"] and not back["created"]
+    assert back["uploaded"] is None  # same code: compared with the server's, not uploaded
+    assert len(first.owner.get(f"/api/v1/jobs/{one['job_id']}/code/versions")
+               .json()["items"]) == 1

@@ -103,16 +103,16 @@ def deploy(client: Client, project: Project, report: Report, publish: bool,
     if not state.get("code_limit"):
         state["code_limit"] = _code_limit(client)
     package = packing.build(project, state["code_limit"])
-    desired_schedule = _desired_schedule(project)
 
     job = _find_job(client, project, state)
     if job is None:
         job = client.create_job(project.name, project.description or None)
         report.created = True
         report.changes.append(f"job created: {project.name} ({job['id']})")
-        state.pop("code", None)
-        state.pop("published", None)
-        state.pop("secrets", None)
+    if state.get("job_id") != job["id"]:
+        # What was recorded is another job's (a code version number means nothing here).
+        for key in ("code", "published", "secrets"):
+            state.pop(key, None)
     report.job_id = job["id"]
     state["job_id"] = job["id"]
     if project.kind == "lsbatch":
@@ -122,7 +122,7 @@ def deploy(client: Client, project: Project, report: Report, publish: bool,
         wrote |= _apply_details(client, project, job, report)
         wrote |= _apply_code(client, project, job, package, state, report, progress)
         wrote |= _apply_settings(client, project, job, report)
-        wrote |= _apply_schedule(client, job, desired_schedule, report)
+        wrote |= _apply_schedule(client, job, project.schedule, report)
         wrote |= _apply_variables(client, project, job, state, report)
         current = job["status"] == "published" and (
             not publish or _published_is_current(client, job, state, report))
@@ -239,17 +239,12 @@ def _apply_settings(client: Client, project: Project, job: Job, report: Report) 
     return True
 
 
-def _desired_schedule(project: Project) -> dict[str, Any] | None:
-    if project.schedule is None:
-        return None
-    return dict(project.schedule)
-
-
 def _apply_schedule(client: Client, job: Job, desired: dict[str, Any] | None,
                     report: Report) -> bool:
     from batchyard.domain.schedules import describe_next_runs, validate_schedule
 
     current = job["schedule"]
+    desired = dict(desired) if desired is not None else None
     if desired is None:
         if current is not None:
             return False
