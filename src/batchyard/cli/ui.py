@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import Any
@@ -14,7 +15,9 @@ _STATUS_STYLE = {"succeeded": "green", "failed": "red", "timed_out": "red",
                  "draft": "dim", "unpublished": "yellow"}
 
 
+@functools.cache
 def _console(stderr: bool = False) -> Any:
+    # One console per stream: a chatty job prints thousands of lines.
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
