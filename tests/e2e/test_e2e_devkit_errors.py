@@ -3,6 +3,7 @@ the server keep its own code and message, with the documented exit codes."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -92,7 +93,13 @@ def test_exit_codes_keep_the_servers_code_and_message(
     kit = Kit.make(tmp_path)
     kit.login(server.base_url, account.keys["owner"], cwd=tmp_path)
 
-    assert kit("invoke", job_id, "--follow", cwd=tmp_path).returncode == 0
+    body = tmp_path / "body.json"
+    body.write_text('{"from": "a file"}')
+    followed = kit("invoke", job_id, "--body", f"@{body}", "--follow", "--json", cwd=tmp_path)
+    assert followed.returncode == 0, followed.stderr
+    summary = json.loads(followed.stdout.splitlines()[-1])  # JSON lines, then the summary
+    executed = account.owner.get(f"/api/v1/executions/{summary['execution_id']}").json()
+    assert executed["params"]["body"] == {"from": "a file"}
     limited = kit("invoke", job_id, cwd=tmp_path)
     assert limited.returncode == 3
     assert "job_invocations_exceeded" in limited.stderr
