@@ -11,7 +11,14 @@ from pathlib import Path
 import pexpect
 import pytest
 from devkit_support import Kit
-from e2e_support import AccountFactory, ServerProcess, deploy_job, get_execution
+from e2e_support import (
+    AccountFactory,
+    ServerProcess,
+    deploy_job,
+    get_execution,
+    process_alive,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,3 +96,28 @@ def test_login_asks_for_the_key_without_echo_and_profiles_are_chosen(
                           env={"BATCHYARD_API_KEY": second.keys["owner"]})
     assert overridden["account"]["id"] == second.id
     assert kit("--profile", "nope", "whoami", cwd=tmp_path).returncode == 4
+
+
+def test_ctrl_c_stops_a_local_run_and_its_job(tmp_path: Path) -> None:
+    root = tmp_path / "sleepy"
+    root.mkdir()
+    pid_file = tmp_path / "job.pid"
+    (root / "batchyard.toml").write_text('[job]\nname = "sleepy"\n')
+    (root / "main.py").write_text(
+        "import os\nimport time\n\nfrom helper import LS\n\n\ndef main():\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    LS.log.info('sleeping now')\n    time.sleep(120)\n")
+    kit = Kit.make(tmp_path)
+    child = pexpect.spawn(sys.executable, ["-m", "batchyard.cli.main", "run"], env=kit.env,
+                          cwd=str(root), encoding="utf-8", timeout=30)
+    try:
+        child.expect("sleeping now")
+        pid = int(pid_file.read_text())
+        child.sendintr()
+        child.expect("interrupted")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 130
+    assert "Traceback" not in (child.before or "")
+    wait_until(lambda: not process_alive(pid), 10, f"the job {pid} outlived its run")

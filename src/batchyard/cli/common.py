@@ -40,6 +40,10 @@ def handled(function: F) -> F:
                 err(f"error: {exc.message}" if not exc.message.startswith("error:")
                     else exc.message)
             raise typer.Exit(exc.code) from None
+        except KeyboardInterrupt:
+            # A local job dies with its supervisor (its liveness pipe closes): just say so.
+            err("interrupted")
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
