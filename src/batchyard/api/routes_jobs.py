@@ -170,7 +170,7 @@ def put_settings(job_id: str, body: schemas.SettingsIn, actor: CurrentActor,
 def get_variables(job_id: str, actor: CurrentActor,
                   platform: PlatformDep) -> schemas.VariableList:
     return schemas.VariableList(variables=[
-        schemas.VariableOut(key=v.key, value=v.value, secret=v.secret)
+        schemas.VariableOut(key=v.key, value=v.value, secret=v.secret, digest=v.digest)
         for v in jobs.list_variables(platform, actor, job_id)])
 
 
@@ -180,7 +180,7 @@ def put_variables(job_id: str, body: schemas.VariablesIn, actor: CurrentActor,
                   platform: PlatformDep) -> schemas.VariableList:
     items = [v.model_dump() for v in body.variables]
     return schemas.VariableList(variables=[
-        schemas.VariableOut(key=v.key, value=v.value, secret=v.secret)
+        schemas.VariableOut(key=v.key, value=v.value, secret=v.secret, digest=v.digest)
         for v in jobs.replace_variables(platform, actor, job_id, items)])
 
 

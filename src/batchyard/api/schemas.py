@@ -258,6 +258,9 @@ class VariableOut(BaseModel):
     key: str
     value: str | None
     secret: bool
+    # Hex HMAC-SHA256 of the value under a key only the server holds (per account; over
+    # job, key and value): equal digests mean equal values, and a secret is never returned.
+    digest: str
 
 
 class VariableList(BaseModel):

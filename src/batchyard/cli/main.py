@@ -1,23 +1,34 @@
-"""``batchyard serve`` and friends. Every flag has a BATCHYARD_* environment twin."""
+"""``batchyard``: the server (``serve``) and the developer kit, in one command.
+
+Every flag of ``serve`` has a BATCHYARD_* environment twin. The kit's commands import
+what they need when they run: ``batchyard --help`` loads neither the server stack nor
+the HTTP client.
+"""
 
 from __future__ import annotations
 
-import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from batchyard.config import Settings
+from batchyard.cli import account, kit, operate
+from batchyard.cli.common import chosen
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="batchyard: scheduled and API-invoked Python batch jobs.")
+                  help="batchyard: scheduled and API-invoked Python batch jobs.\n\n"
+                       "Exit codes: 0 ok, 1 job failed, 2 usage or invalid input, "
+                       "3 refused by a plan limit, 4 not found / forbidden / bad key, "
+                       "5 server unreachable or failing.")
 
 
 @app.callback()
-def _root() -> None:
+def _root(profile: Annotated[str | None, typer.Option(
+        "--profile", "-p", help="Profile to use (BATCHYARD_PROFILE; default: the default "
+                                "profile).")] = None) -> None:
     """batchyard: scheduled and API-invoked Python batch jobs."""
+    chosen.profile = profile
 
 
 @app.command()
@@ -29,6 +40,12 @@ def serve(
     demo: Annotated[bool, typer.Option(help="Create/print the demo account and job.")] = False,
 ) -> None:
     """Run the API, the worker pool and the sweeper in one process."""
+    import logging
+
+    import uvicorn
+
+    from batchyard.config import Settings
+
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
                                    "workers": workers}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
@@ -68,5 +85,37 @@ def serve(
                 timeout_graceful_shutdown=15)
 
 
-if __name__ == "__main__":
+# The developer kit (and the vendor's lsbatch verbs as aliases).
+app.command()(account.login)
+app.command("configure", help="The vendor's verb: same as login.")(account.login)
+app.command()(account.whoami)
+app.command()(kit.init)
+app.command()(kit.run)
+app.command()(kit.pack)
+app.command("deploy")(kit.deploy_command)
+app.command()(kit.save)
+app.command()(kit.publish)
+app.command()(kit.install)
+app.command()(kit.uninstall)
+app.command()(operate.jobs)
+app.command()(operate.invoke)
+app.command()(operate.executions)
+app.command()(operate.logs)
+app.command()(operate.artifacts)
+app.command()(operate.cancel)
+app.command()(operate.usage)
+
+
+def main() -> None:
+    """The ``batchyard`` entry point: a plain ``run`` skips typer's command building
+    (fastrun.py: the job's start is the figure developers wait for); all else is typer's."""
+    from batchyard.cli.fastrun import run_if_plain
+
+    status = run_if_plain(sys.argv[1:])
+    if status is not None:
+        sys.exit(status)
     app()
+
+
+if __name__ == "__main__":
+    main()

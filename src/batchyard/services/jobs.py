@@ -47,6 +47,8 @@ class VariableView:
     key: str
     value: str | None
     secret: bool
+    # SecretBox.value_digest of the value: lets a client compare a secret it holds.
+    digest: str
 
 
 def _touch(job: Job, platform: Platform) -> None:
@@ -254,12 +256,14 @@ def list_variables(platform: Platform, actor: Actor, job_id: str) -> list[Variab
     actor.require(Permission.READ)
     with platform.db.read() as session:
         scoped.job(session, actor.account_id, job_id)
-        return [_view(v) for v in scoped.variables(session, actor.account_id, job_id)]
+        return [_view(platform, v, platform.secrets.decrypt(v.value) if v.secret else v.value)
+                for v in scoped.variables(session, actor.account_id, job_id)]
 
 
-def _view(variable: Variable) -> VariableView:
+def _view(platform: Platform, variable: Variable, plain: str) -> VariableView:
     return VariableView(variable.key, None if variable.secret else variable.value,
-                        variable.secret)
+                        variable.secret, platform.secrets.value_digest(
+                            variable.account_id, variable.job_id, variable.key, plain))
 
 
 def _audit_value(variable: Variable) -> dict[str, Any]:
@@ -282,6 +286,7 @@ def replace_variables(platform: Platform, actor: Actor, job_id: str,
             session.delete(row)
         session.flush()
         new_rows = []
+        views = []
         for position, variable in enumerate(variables):
             stored = platform.secrets.encrypt(variable.value) if variable.secret \
                 else variable.value
@@ -289,6 +294,7 @@ def replace_variables(platform: Platform, actor: Actor, job_id: str,
                            value=stored, secret=variable.secret, position=position)
             session.add(row)
             new_rows.append(row)
+            views.append(_view(platform, row, variable.value))
         new_plain = {v.key: (v.value, v.secret) for v in variables}
         if new_plain != old_plain:
             changed_secrets = sorted(k for k, (value, secret) in new_plain.items()
@@ -298,7 +304,7 @@ def replace_variables(platform: Platform, actor: Actor, job_id: str,
                             before=[_audit_value(v) for v in old],
                             after={"variables": [_audit_value(v) for v in new_rows],
                                    "secrets_changed": changed_secrets})
-        return [_view(v) for v in new_rows]
+        return views
 
 
 def set_schedule(platform: Platform, actor: Actor, job_id: str, data: object) -> Job:
