@@ -10,6 +10,19 @@ from pydantic.json_schema import SkipJsonSchema
 
 from batchyard.domain.jobs import MAX_DESCRIPTION
 
+EXECUTION_REASONS = (
+    "Why the execution is in its state (null while it is queued or running, and when it "
+    "succeeded). Blocked at admission: feature_disabled, not_published, "
+    "executions_per_day_exceeded, job_invocations_exceeded, runtime_budget_insufficient, "
+    "already_running, revision_exceeds_plan. Never ran: misfire (missed), job_unpublished "
+    "and job_deleted (cancelled while queued), setup_failed (the attempt could not be "
+    "prepared), sandbox_unavailable (this host cannot isolate jobs), "
+    "runtime_budget_exhausted (no run time left when an attempt was to start). Ended: "
+    "timeout, cancelled, interrupted (a node restarted), worker_lost, "
+    "dependency_install_failed, error (the message then starts with the resource limit "
+    "hit, if one was: out_of_memory, too_many_processes, too_many_open_files, "
+    "file_too_large, cpu_time_exceeded, disk_limit_exceeded).")
+
 JsonValue = Any
 # Optional in a PATCH, but null is refused (it would mean nothing): the schema says so.
 NotNull = SkipJsonSchema[None]
@@ -300,7 +313,7 @@ class ExecutionOut(BaseModel):
     source: str
     scheduled_for: datetime | None
     status: str
-    reason: str | None
+    reason: Annotated[str | None, Field(description=EXECUTION_REASONS)]
     message: str | None
     params: dict[str, JsonValue]
     attempts: list[AttemptOut]
