@@ -27,7 +27,6 @@ from batchyard.services.queue import AttemptResult, ClaimedAttempt
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 from batchyard.store.models import Execution
-
 from conftest import build_code_zip
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
