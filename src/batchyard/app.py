@@ -40,6 +40,7 @@ from batchyard.services.context import Platform
 from batchyard.services.invoke_batcher import InvocationBatcher
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
+from batchyard.web.console import install_console
 
 log = logging.getLogger("batchyard")
 
@@ -203,4 +204,6 @@ def create_app(server: Server) -> FastAPI:
     install_error_handlers(app)
     for router in (admin_router, account_router, jobs_router, executions_router):
         app.include_router(router)
+    install_console(app, server.settings.public_url
+                    or f"http://{server.settings.host}:{server.settings.port}")
     return app

@@ -1,0 +1,52 @@
+"""Reads of the console's execution page: the end of a long log, and the whole log as text
+in pages (never all of it in memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlalchemy import select
+
+from batchyard.domain.roles import Permission
+from batchyard.services.context import Actor, Platform
+from batchyard.services.executions import LOG_LEVELS
+from batchyard.store import scoped
+from batchyard.store.models import LogLine
+
+_PAGE = 5000
+
+
+def log_tail(platform: Platform, actor: Actor, execution_id: str, count: int = 200,
+             level: str | None = None) -> tuple[list[LogLine], int]:
+    """The last ``count`` lines (at or above ``level``) in order, and the highest seq."""
+    actor.require(Permission.READ)
+    with platform.db.read() as session:
+        execution = scoped.execution(session, actor.account_id, execution_id)
+        stmt = select(LogLine).where(LogLine.account_id == actor.account_id,
+                                     LogLine.execution_id == execution.id)
+        if level in LOG_LEVELS:
+            stmt = stmt.where(LogLine.level.in_(LOG_LEVELS[LOG_LEVELS.index(level):]))
+        rows = list(session.scalars(stmt.order_by(LogLine.seq.desc()).limit(count)))
+        rows.reverse()
+        return rows, execution.log_seq
+
+
+def log_text(platform: Platform, actor: Actor, execution_id: str) -> Iterator[str]:
+    """The whole log as text lines, read page by page."""
+    actor.require(Permission.READ)
+    with platform.db.read() as session:
+        scoped.execution(session, actor.account_id, execution_id)
+    after = -1
+    while True:
+        with platform.db.read() as session:
+            rows = list(session.execute(
+                select(LogLine.seq, LogLine.at, LogLine.stream, LogLine.level, LogLine.message)
+                .where(LogLine.account_id == actor.account_id,
+                       LogLine.execution_id == execution_id, LogLine.seq > after)
+                .order_by(LogLine.seq).limit(_PAGE)))
+        if not rows:
+            return
+        for row in rows:
+            level = f" {row.level.upper()}" if row.level else ""
+            yield f"{row.at.isoformat()} {row.stream}{level} {row.message}\n"
+        after = rows[-1].seq
