@@ -76,9 +76,9 @@ def grid(platform: Platform, actor: Actor, *, sort: str = "name", descending: bo
                 .where(Execution.account_id == actor.account_id, Execution.account_day == day)
                 .group_by(Execution.job_id, Execution.status)):
             counts[(job_id, state)] = count
-        runtimes = dict(session.execute(select(JobUsageDay.job_id, JobUsageDay.runtime_seconds)
-                                        .where(JobUsageDay.account_id == actor.account_id,
-                                               JobUsageDay.day == day)).tuples())
+        runtimes = {job_id: seconds for job_id, seconds in session.execute(
+            select(JobUsageDay.job_id, JobUsageDay.runtime_seconds).where(
+                JobUsageDay.account_id == actor.account_id, JobUsageDay.day == day))}
         rows = [GridRow(
             id=job.id, name=job.name, status=job.status, schedule=_schedule_label(job.schedule),
             last_execution_id=job.last_id, last_status=None, last_at=None,

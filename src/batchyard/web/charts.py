@@ -37,8 +37,8 @@ def bars(values: Sequence[float], labels: Sequence[str], title: str,
         x = pad + index * step
         parts.append(f'<rect x="{x:.1f}" y="{height - bar:.1f}" width="{step * 0.8:.1f}" '
                      f'height="{bar:.1f}" class="bar"><title>{escape(label)}: '
-                     f'{value:g}{escape(unit)}</title></rect>')
-    parts.append(f'<text x="{pad}" y="12" class="axis">max {top:g}{escape(unit)}</text>')
+                     f'{value:.3g}{escape(unit)}</title></rect>')
+    parts.append(f'<text x="{pad}" y="12" class="axis">max {top:.3g}{escape(unit)}</text>')
     if labels:
         parts.append(f'<text x="{pad}" y="{height + 14}" class="axis">{escape(labels[0])}'
                      f'</text><text x="{width - 70}" y="{height + 14}" class="axis">'

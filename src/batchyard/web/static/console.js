@@ -71,7 +71,7 @@ function setupSchedulePreview() {
       list.className = "runs";
       body.next_runs.forEach((run) => {
         const item = document.createElement("li");
-        item.textContent = run.local;
+        item.textContent = run.local.replace("T", " ");
         list.appendChild(item);
       });
       output.append(title, list);
