@@ -32,10 +32,9 @@ def log_tail(platform: Platform, actor: Actor, execution_id: str, count: int = 2
 
 
 def log_text(platform: Platform, actor: Actor, execution_id: str) -> Iterator[str]:
-    """The whole log as text lines, read page by page."""
+    """The whole log as text lines, read page by page (the caller checks the execution is
+    the account's before iterating: a generator runs only once the answer has begun)."""
     actor.require(Permission.READ)
-    with platform.db.read() as session:
-        scoped.execution(session, actor.account_id, execution_id)
     after = -1
     while True:
         with platform.db.read() as session:

@@ -95,6 +95,8 @@ def _tail(platform: Platform, actor: Actor, execution_id: str, after: int,
 
 @router.get("/executions/{execution_id}/log.txt")
 def download_log(execution_id: str, actor: Person, platform: PlatformDep) -> StreamingResponse:
+    # Checked before the answer starts: a generator's refusal would come too late.
+    executions.get_execution(platform, actor, execution_id)
     return StreamingResponse(console_reads.log_text(platform, actor, execution_id),
                              media_type="text/plain; charset=utf-8", headers={
                                  "Content-Disposition":
