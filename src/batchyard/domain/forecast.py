@@ -19,7 +19,7 @@ from typing import Any
 from batchyard.domain.admission import Usage, account_day, decide_admission
 from batchyard.domain.jobs import Concurrency, JobSettings
 from batchyard.domain.plans import Plan
-from batchyard.domain.schedules import Schedule, next_fire_of
+from batchyard.domain.schedules import Schedule, iter_fires
 
 MAX_DAYS = 92
 
@@ -104,11 +104,10 @@ def forecast(jobs: Sequence[ForecastJob], plan: Plan, *, timezone: str, budget_m
     strict = budget_mode == "strict"
     fires: list[tuple[datetime, int, ForecastJob]] = []
     for order, job in enumerate(sorted(jobs, key=lambda j: j.job_id)):
-        parsed = Schedule.from_dict(job.schedule)
-        instant = next_fire_of(parsed, start)
-        while instant is not None and account_day(instant, timezone) <= last_day:
+        for instant in iter_fires(Schedule.from_dict(job.schedule), start):
+            if account_day(instant, timezone) > last_day:
+                break
             fires.append((instant, order, job))
-            instant = next_fire_of(parsed, instant)
     fires.sort(key=lambda item: (item[0], item[1]))
 
     states: dict[date, _DayState] = {}

@@ -71,10 +71,13 @@ def grid(platform: Platform, actor: Actor, *, sort: str = "name", descending: bo
             stmt = stmt.where(func.lower(Job.name).contains(text.lower(), autoescape=True))
         jobs = list(session.execute(stmt))
         counts: dict[tuple[str, str], int] = {}
+        # Grouped by status first: grouped by job first, SQLite (without ANALYZE statistics)
+        # walks every execution of the account through the (account, job) index to spare
+        # the sort (1.5 s at 200,000) instead of today's few rows by (account, day).
         for job_id, state, count in session.execute(
                 select(Execution.job_id, Execution.status, func.count())
                 .where(Execution.account_id == actor.account_id, Execution.account_day == day)
-                .group_by(Execution.job_id, Execution.status)):
+                .group_by(Execution.status, Execution.job_id)):
             counts[(job_id, state)] = count
         runtimes = {job_id: seconds for job_id, seconds in session.execute(
             select(JobUsageDay.job_id, JobUsageDay.runtime_seconds).where(
@@ -91,13 +94,17 @@ def grid(platform: Platform, actor: Actor, *, sort: str = "name", descending: bo
         pages = max(1, -(-total // per_page))
         page = min(max(1, page), pages)
         shown = rows[(page - 1) * per_page:page * per_page]
-        wanted = [row.last_execution_id for row in shown if row.last_execution_id]
+        wanted = {row.id: row.last_execution_id for row in shown if row.last_execution_id}
         last = {}
         if wanted:
+            # Job ids too: (account, job, id) is then a direct seek per row, where the
+            # account alone would have SQLite walk every execution of the account.
             last = {row.id: row for row in session.execute(
                 select(Execution.id, Execution.status, Execution.created_at,
                        Execution.started_at, Execution.ended_at)
-                .where(Execution.account_id == actor.account_id, Execution.id.in_(wanted)))}
+                .where(Execution.account_id == actor.account_id,
+                       Execution.job_id.in_(list(wanted)),
+                       Execution.id.in_(list(wanted.values()))))}
         shown = [_with_last(row, last.get(row.last_execution_id or "")) for row in shown]
     return GridPage(tuple(shown), total, page, pages, day)
 
