@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
-
-import warnings
 
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
