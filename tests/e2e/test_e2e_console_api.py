@@ -68,3 +68,18 @@ def test_a_person_sets_and_changes_a_password_over_the_api(
         "new_password": "second password"}).status_code == 204
     assert client.post("/api/v1/me/password", json={"new_password": "x" * 10},
                        headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_the_operator_token_reaches_the_operator_pages_and_no_account_page(
+        server: ServerProcess, make_account: AccountFactory) -> None:
+    account = make_account()
+    with server.client() as operator:
+        listing = operator.get("/operator")
+        assert listing.status_code == 200 and account.id in listing.text
+        assert operator.get(f"/operator/accounts/{account.id}").status_code == 200
+        # Account pages are people's: the operator has none.
+        assert operator.get("/jobs", follow_redirects=False).status_code == 303
+    with server.client("not-the-token") as stranger:
+        assert stranger.get("/operator").status_code == 401
+    with server.client(account.keys["owner"]) as key_holder:
+        assert key_holder.get("/operator").status_code == 401

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from e2e_support import ServerProcess, make_zip
+from e2e_support import OPERATOR_TOKEN, ServerProcess, make_zip
 
 JOB_MAIN = '''\
 import os
@@ -28,8 +28,18 @@ def main(event):
 '''
 
 
+UNLABELLED = """() => [...document.querySelectorAll(
+    'input:not([type=hidden]), select, textarea, button')].filter((el) => {
+  if (el.tagName === 'BUTTON') return !el.textContent.trim() && !el.getAttribute('aria-label');
+  if (el.getAttribute('aria-label') || el.closest('label')) return false;
+  return !(el.id && document.querySelector(`label[for="${el.id}"]`));
+}).map((el) => el.outerHTML)"""
+
+
 def shot(page: Any, folder: Path, name: str) -> None:
+    """A screenshot of the page as it is, after checking every control has a label."""
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+    assert page.evaluate(UNLABELLED) == [], f"{name}: controls without a label"
 
 
 def invite(server: ServerProcess, plan: dict[str, Any], role: str = "admin") -> tuple[str, str]:
@@ -145,3 +155,83 @@ def test_a_person_goes_from_invite_to_a_watched_invocation_and_signs_out(
     page.wait_for_url(re.compile(r"/sign-in$"))
     page.goto(job_url)
     page.wait_for_url(re.compile(r"/sign-in$"))
+
+
+def test_the_operator_signs_in_with_the_token_and_invites_a_developer(
+        page: Any, browser: Any, ui_server: ServerProcess, shots: Path) -> None:
+    page.goto(ui_server.base_url + "/operator")
+    page.wait_for_url(re.compile(r"/operator/sign-in$"))
+    page.get_by_label("Operator token").fill("not the token")
+    page.get_by_role("button", name="Sign in").click()
+    assert "not the operator token" in page.locator("main").inner_text()
+    page.get_by_label("Operator token").fill(OPERATOR_TOKEN)
+    shot(page, shots, "01-operator-sign-in")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/operator$"))
+    name = f"ops-{uuid.uuid4().hex[:6]}"
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Batch jobs enabled").check()
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url(re.compile(r"/operator/accounts/acc_"))
+    page.get_by_label("max_jobs").fill("7")
+    page.get_by_label("Budget mode").select_option("strict")
+    page.get_by_label("New main URL").fill("postgresql://app:hunter2@db.example:5432/crm")
+    page.get_by_role("button", name="Save account").click()
+    page.wait_for_url(re.compile(r"/operator/accounts/acc_"))
+    assert page.get_by_label("max_jobs").input_value() == "7"
+    text = page.locator("main").inner_text()
+    assert "postgresql://db.example:5432" in text and "hunter2" not in page.content()
+    shot(page, shots, "02-operator-account")
+    page.get_by_label("E-mail").fill(f"dev-{name}@example.com")
+    page.get_by_label("Role").select_option("developer")
+    page.get_by_role("button", name="Add user and make an invite link").click()
+    url = page.get_by_label("Invite link").input_value()
+    assert url.startswith(ui_server.base_url + "/invite/")
+    shot(page, shots, "03-operator-invite")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r"/operator/sign-in$"))
+
+    person = browser.new_context().new_page()
+    try:
+        person.goto(url)
+        person.get_by_label("New password", exact=True).fill("developer password")
+        person.get_by_label("New password, again").fill("developer password")
+        person.get_by_role("button", name="Set password and sign in").click()
+        person.wait_for_url(re.compile(r"/jobs$"))
+        assert person.get_by_text("Create a job").count() == 1
+        assert person.get_by_text("Delete…").count() == 0
+        assert person.goto(ui_server.base_url + "/operator").status == 403
+    finally:
+        person.context.close()
+
+
+def test_pages_read_with_javascript_off(browser: Any, ui_server: ServerProcess,
+                                        shots: Path) -> None:
+    _email, url = invite(ui_server, {})
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(url)
+        page.get_by_label("New password", exact=True).fill("no script here")
+        page.get_by_label("New password, again").fill("no script here")
+        page.get_by_role("button", name="Set password and sign in").click()
+        page.wait_for_url(re.compile(r"/jobs$"))
+        page.get_by_text("Create a job").click()
+        page.get_by_label("Name", exact=True).fill("no-script")
+        page.get_by_role("button", name="Create", exact=True).click()
+        page.wait_for_url(re.compile(r"/jobs/job_"))
+        # Without the live preview, a save answers the gap error in the schedule section.
+        schedule = page.locator("form[data-preview]")
+        schedule.get_by_label("Type").select_option("daily")
+        schedule.get_by_label(re.compile("^Times")).fill("23:30, 00:10")
+        schedule.get_by_role("button", name="Save schedule").click()
+        refused = page.locator("#schedule [role=alert]").first
+        assert "23:30" in refused.inner_text() and "00:10" in refused.inner_text()
+        page.screenshot(path=str(shots / "01-no-script-gap-error.png"), full_page=True)
+        for path, expected in (("/jobs", "no-script"), ("/usage", "Run-time budget"),
+                               ("/audit", "job.create"), ("/executions", "No executions")):
+            page.goto(ui_server.base_url + path)
+            assert expected in page.locator("main").inner_text(), path
+        page.screenshot(path=str(shots / "02-no-script-executions.png"), full_page=True)
+    finally:
+        context.close()

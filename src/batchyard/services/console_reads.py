@@ -7,11 +7,15 @@ from collections.abc import Iterator
 
 from sqlalchemy import select
 
+from batchyard.domain.executions import ExecutionStatus
 from batchyard.domain.roles import Permission
+from batchyard.errors import InvalidInput
 from batchyard.services.context import Actor, Platform
 from batchyard.services.executions import LOG_LEVELS
 from batchyard.store import scoped
-from batchyard.store.models import LogLine
+from batchyard.store.models import Execution, LogLine
+
+SOURCES = ("api", "scheduler")
 
 _PAGE = 5000
 
@@ -50,3 +54,23 @@ def log_text(platform: Platform, actor: Actor, execution_id: str) -> Iterator[st
                       f"{' ' + row.level.upper() if row.level else ''} {row.message}\n"
                       for row in rows)
         after = rows[-1].seq
+
+
+def execution_page(platform: Platform, actor: Actor, *, job_id: str | None,
+                   status: str | None, source: str | None, cursor: str | None,
+                   limit: int = 50) -> tuple[list[Execution], str | None]:
+    """The console's list: newest first, filtered by job, status and source."""
+    actor.require(Permission.READ)
+    if status is not None and status not in {s.value for s in ExecutionStatus}:
+        raise InvalidInput("unknown status", field="status")
+    if source is not None and source not in SOURCES:
+        raise InvalidInput(f"source must be one of {', '.join(SOURCES)}", field="source")
+    with platform.db.read() as session:
+        stmt = select(Execution).where(Execution.account_id == actor.account_id)
+        if job_id:
+            stmt = stmt.where(Execution.job_id == job_id)
+        if status:
+            stmt = stmt.where(Execution.status == status)
+        if source:
+            stmt = stmt.where(Execution.source == source)
+        return scoped.page(session, stmt, Execution.id, limit, cursor)

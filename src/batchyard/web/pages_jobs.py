@@ -119,13 +119,16 @@ def job_page(job_id: str, request: Request, actor: Person, platform: PlatformDep
                 can_write=can(actor, Permission.WRITE),
                 can_publish=can(actor, Permission.PUBLISH),
                 message=request.query_params.get("message"),
-                error=request.query_params.get("error"))
+                # A refused edit is shown in its own section, next to the form.
+                section_error=request.query_params.get("error"),
+                section=request.query_params.get("section", "top"))
 
 
 def back(job_id: str, section: str, *, message: str | None = None,
          error: str | None = None) -> Response:
     """Back to the job page's section, with what happened shown there."""
-    query = urlencode({"message": message} if message else {"error": error or ""})
+    query = urlencode({"message": message} if message else
+                      {"error": error or "", "section": section})
     return redirect(f"/jobs/{job_id}?{query}#{section}")
 
 

@@ -32,21 +32,18 @@ from batchyard.web.render import page
 
 router = APIRouter(include_in_schema=False)
 TAIL_LINES = 200
-SOURCES = ("api", "scheduler")
 
 
 @router.get("/executions")
 def executions_page(request: Request, actor: Person, platform: PlatformDep,
                     job_id: str = "", status: str = "", source: str = "",
                     cursor: str | None = None) -> HTMLResponse:
-    rows, next_cursor = executions.list_executions(
-        platform, actor, job_id=job_id or None, status=status or None, since=None, until=None,
-        limit=200 if source else 50, cursor=cursor)
-    if source:
-        rows = [row for row in rows if row.execution.source == source]
+    rows, next_cursor = console_reads.execution_page(
+        platform, actor, job_id=job_id or None, status=status or None, source=source or None,
+        cursor=cursor)
     return page(request, "executions.html", title="Executions", rows=rows,
                 next_cursor=next_cursor, job_id=job_id, status=status, source=source,
-                statuses=[s.value for s in ExecutionStatus], sources=SOURCES)
+                statuses=[s.value for s in ExecutionStatus], sources=console_reads.SOURCES)
 
 
 @router.get("/executions/{execution_id}")
@@ -150,7 +147,21 @@ def audit_page(request: Request, actor: Person, platform: PlatformDep, job_id: s
     rows, next_cursor = audit.list_entries(platform, actor, job_id or None, 100,
                                            cursor if cursor and cursor.isdigit() else None)
     return page(request, "audit.html", title="Audit", rows=rows, next_cursor=next_cursor,
-                job_id=job_id, pretty=_pretty)
+                job_id=job_id, pretty=_pretty, changes=_changes)
+
+
+def _changes(before: object, after: object) -> list[tuple[str, str, str]]:
+    """Field by field, what an entry changed (values as stored in the audit trail, where
+    secrets are already masked)."""
+    if before is None and isinstance(after, dict):
+        before = {}
+    if after is None and isinstance(before, dict):
+        after = {}
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return []
+    return [(key, _pretty(before.get(key)) if key in before else "—",
+             _pretty(after.get(key)) if key in after else "—")
+            for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
 
 
 def _pretty(value: object) -> str:
