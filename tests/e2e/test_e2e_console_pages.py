@@ -10,7 +10,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_support import AccountFactory, ServerProcess, create_job, make_zip
+from e2e_support import (
+    AccountFactory,
+    ServerProcess,
+    create_job,
+    deploy_job,
+    invoke,
+    make_zip,
+    wait_for,
+)
 
 PASSWORD = "a long enough password"
 
@@ -85,3 +93,27 @@ def test_behind_https_the_session_cookie_is_secure_and_links_name_the_public_url
         assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
     finally:
         server.stop()
+
+
+def test_a_running_execution_is_cancelled_from_its_page(
+        server: ServerProcess, make_account: AccountFactory, browser: httpx.Client) -> None:
+    account = make_account()
+    job_id = deploy_job(account, "import time\n\ndef main():\n    print('working')\n"
+                        "    time.sleep(60)\n")
+    execution = invoke(account.owner, job_id)
+    wait_for(account.owner, execution, "running")
+    with server.client() as operator:
+        url = operator.post(f"/api/v1/admin/accounts/{account.id}/users", json={
+            "email": f"c-{uuid.uuid4().hex[:6]}@example.com", "role": "developer"}
+        ).json()["invite_url"]
+    sign_in_by_invite(browser, url)
+    page = browser.get(f"{server.base_url}/executions/{execution}")
+    assert "Cancel execution" in page.text and "data-tail=\"/executions/" in page.text
+    csrf = re.search(r'data-csrf="([^"]+)"', page.text)
+    assert csrf is not None
+    answer = browser.post(f"{server.base_url}/executions/{execution}/cancel",
+                          data={"csrf": csrf.group(1)})
+    assert answer.status_code == 303
+    assert wait_for(account.owner, execution, timeout=20)["status"] == "cancelled"
+    ended = browser.get(f"{server.base_url}/executions/{execution}").text
+    assert "Cancel execution" not in ended and "cancelled" in ended

@@ -47,6 +47,15 @@ function setupSchedulePreview() {
   const forecast = form.querySelector("[data-preview-forecast]");
   let timer = null;
   let serial = 0;
+  // Only the fields of the chosen type are shown (all are, without script).
+  const type = form.querySelector("select[name=type]");
+  const showFields = () => {
+    form.querySelectorAll("[data-for]").forEach((part) => {
+      part.hidden = !part.dataset.for.split(" ").includes(type.value);
+    });
+  };
+  type.addEventListener("change", showFields);
+  showFields();
   const refresh = async () => {
     const data = new FormData(form);
     data.delete("csrf");
