@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from batchyard.domain.roles import Role
 from batchyard.errors import InvalidInput, LimitExceeded, NotAuthenticated, NotFound
@@ -134,8 +135,8 @@ def _verify(password_hash: str, password: object) -> bool:
         return False
 
 
-def _failures(session: object, key: str, now: datetime) -> tuple[int, datetime | None]:
-    count, latest = session.execute(  # type: ignore[attr-defined]
+def _failures(session: Session, key: str, now: datetime) -> tuple[int, datetime | None]:
+    count, latest = session.execute(
         select(func.count(), func.max(SignInFailure.at)).where(
             SignInFailure.key == key, SignInFailure.at > now - FAILURE_WINDOW)).one()
     return int(count), latest
@@ -158,6 +159,8 @@ def sign_in(platform: Platform, email: object, password: object, client: str) ->
         if good and user is not None:
             session.execute(delete(SignInFailure).where(SignInFailure.key == keys[0]))
             return _open(session, user, now, client)
+        # Failures older than the window count for nothing: the table holds one minute.
+        session.execute(delete(SignInFailure).where(SignInFailure.at <= now - FAILURE_WINDOW))
         for key in keys:
             session.add(SignInFailure(key=key, at=now))
         session.flush()
@@ -176,10 +179,12 @@ def _refuse(latest: datetime, now: datetime) -> None:
                          "before trying again.", retry_after=wait)
 
 
-def _open(session: object, user: User, now: datetime, client: str) -> NewSession:
+def _open(session: Session, user: User, now: datetime, client: str) -> NewSession:
     secret = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
-    session.add(WebSession(  # type: ignore[attr-defined]
+    # Sessions idle past the limit are gone for good: delete them while signing in.
+    session.execute(delete(WebSession).where(WebSession.last_seen_at < now - IDLE_LIMIT))
+    session.add(WebSession(
         id_hash=_digest(secret), user_id=user.id, account_id=user.account_id,
         operator=False, csrf_token=csrf, created_at=now, last_seen_at=now,
         client=client[:100]))

@@ -331,7 +331,8 @@ class WebSession(Base):
     operator: Mapped[bool] = mapped_column(Boolean, default=False)
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
-    last_seen_at: Mapped[datetime]
+    # Indexed: sessions idle past the limit are deleted in bulk at each sign-in.
+    last_seen_at: Mapped[datetime] = mapped_column(index=True)
     client: Mapped[str] = mapped_column(String(100), default="")
 
 
@@ -355,4 +356,5 @@ class SignInFailure(Base):
     __table_args__ = (Index("ix_sign_in_failures_key_at", "key", "at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(300))
-    at: Mapped[datetime]
+    # Indexed: failures older than the window are deleted at each new one.
+    at: Mapped[datetime] = mapped_column(index=True)

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id_hash"),
     )
     op.create_index("ix_web_sessions_user_id", "web_sessions", ["user_id"])
+    op.create_index("ix_web_sessions_last_seen_at", "web_sessions", ["last_seen_at"])
     op.create_table(
         "invites",
         sa.Column("token_hash", sa.String(length=64), nullable=False),
@@ -53,12 +54,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_sign_in_failures_key_at", "sign_in_failures", ["key", "at"])
+    op.create_index("ix_sign_in_failures_at", "sign_in_failures", ["at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sign_in_failures_at", table_name="sign_in_failures")
     op.drop_index("ix_sign_in_failures_key_at", table_name="sign_in_failures")
     op.drop_table("sign_in_failures")
     op.drop_index("ix_invites_user_id", table_name="invites")
     op.drop_table("invites")
+    op.drop_index("ix_web_sessions_last_seen_at", table_name="web_sessions")
     op.drop_index("ix_web_sessions_user_id", table_name="web_sessions")
     op.drop_table("web_sessions")
