@@ -4,8 +4,10 @@ injected clock, every run lasting exactly its timeout. They must agree fire by f
 
 from __future__ import annotations
 
+import io
 import itertools
 import shutil
+import zipfile
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,14 @@ from batchyard.services.queue import AttemptResult, ClaimedAttempt
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 from batchyard.store.models import Execution
-from conftest import build_code_zip
+
+
+def build_code_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("main.py", "def main():\n    pass\n")
+    return buffer.getvalue()
+
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
