@@ -17,6 +17,7 @@ from e2e_support import (
     deploy_job,
     invoke,
     make_zip,
+    upload_code,
     wait_for,
 )
 
@@ -117,3 +118,30 @@ def test_a_running_execution_is_cancelled_from_its_page(
     assert wait_for(account.owner, execution, timeout=20)["status"] == "cancelled"
     ended = browser.get(f"{server.base_url}/executions/{execution}").text
     assert "Cancel execution" not in ended and "cancelled" in ended
+
+
+def test_the_audit_links_each_code_upload_to_its_changes(
+        server: ServerProcess, make_account: AccountFactory, browser: httpx.Client) -> None:
+    account = make_account()
+    job_id = create_job(account.owner)
+    for body in ("def main():\n    return 1\n", "def main():\n    return 2\n"):
+        assert upload_code(account.owner, job_id, make_zip(
+            {"main.py": body, "notes.txt": "same"})).status_code == 201
+    with server.client() as operator:
+        url = operator.post(f"/api/v1/admin/accounts/{account.id}/users", json={
+            "email": f"a-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
+        ).json()["invite_url"]
+    sign_in_by_invite(browser, url)
+    audit = browser.get(f"{server.base_url}/audit?job_id={job_id}").text
+    link = f"/jobs/{job_id}/code/diff?base=1&head=2"
+    assert link in audit
+    diff = browser.get(f"{server.base_url}/jobs/{job_id}/code/diff",
+                       params={"base": 1, "head": 2})
+    assert diff.status_code == 200
+    assert "-    return 1" in diff.text and "+    return 2" in diff.text
+    assert "notes.txt" not in diff.text
+    other = make_account()
+    theirs = create_job(other.owner)
+    upload_code(other.owner, theirs, make_zip({"main.py": "def main():\n    pass\n"}))
+    assert browser.get(f"{server.base_url}/jobs/{theirs}/code/diff",
+                       params={"base": 1, "head": 1}).status_code == 404

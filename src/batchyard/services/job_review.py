@@ -3,6 +3,7 @@ schedule's next runs and forecast before it is saved, the files of a code versio
 
 from __future__ import annotations
 
+import difflib
 import io
 import zipfile
 from dataclasses import dataclass
@@ -160,3 +161,50 @@ def replace_variables_keeping_secrets(platform: Platform, actor: Actor, job_id: 
             item = {**item, "value": platform.secrets.decrypt(old.value)}
         filled.append(item)
     jobs.replace_variables(platform, actor, job_id, filled)
+
+
+@dataclass(frozen=True)
+class FileChange:
+    name: str
+    status: str  # added, removed, changed
+    diff: tuple[str, ...]  # unified diff lines of a text file; empty for binary or large ones
+
+
+def code_diff(platform: Platform, actor: Actor, job_id: str, base: int,
+              head: int) -> list[FileChange]:
+    """File by file, what changed from code version ``base`` to ``head``."""
+    actor.require(Permission.READ)
+    with platform.db.read() as session:
+        scoped.job(session, actor.account_id, job_id, include_deleted=True)
+        old = scoped.code_version(session, actor.account_id, job_id, base).content
+        new = scoped.code_version(session, actor.account_id, job_id, head).content
+    with zipfile.ZipFile(io.BytesIO(old)) as before, zipfile.ZipFile(io.BytesIO(new)) as after:
+        old_files = {i.filename: i for i in before.infolist() if not i.is_dir()}
+        new_files = {i.filename: i for i in after.infolist() if not i.is_dir()}
+        changes = []
+        for name in sorted(set(old_files) | set(new_files)):
+            was, now = old_files.get(name), new_files.get(name)
+            if was is not None and now is not None and was.CRC == now.CRC:
+                continue
+            status = "added" if was is None else "removed" if now is None else "changed"
+            old_text = _text(before, was)
+            new_text = _text(after, now)
+            lines: tuple[str, ...] = ()
+            if old_text is not None and new_text is not None:
+                lines = tuple(difflib.unified_diff(
+                    old_text.splitlines(), new_text.splitlines(), f"v{base}/{name}",
+                    f"v{head}/{name}", lineterm=""))
+            changes.append(FileChange(name, status, lines))
+    return changes
+
+
+def _text(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None) -> str | None:
+    """A file's text for a diff; "" for a missing side; None when binary or too large."""
+    if info is None:
+        return ""
+    if info.file_size > MAX_SHOWN_SOURCE:
+        return None
+    try:
+        return archive.read(info).decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -215,6 +215,14 @@ def publish_review(job_id: str, request: Request, actor: Person,
                 can_publish=can(actor, Permission.PUBLISH))
 
 
+@router.get("/jobs/{job_id}/code/diff")
+def code_diff(job_id: str, request: Request, actor: Person, platform: PlatformDep,
+              base: int, head: int) -> HTMLResponse:
+    return page(request, "code_diff.html", title=f"Code version {base} → {head}",
+                job_id=job_id, base=base, head=head,
+                changes=job_review.code_diff(platform, actor, job_id, base, head))
+
+
 @router.get("/jobs/{job_id}/code/{version}")
 def download_code(job_id: str, version: int, actor: Person, platform: PlatformDep) -> Response:
     row, content = jobs.code_version_content(platform, actor, job_id, version)
