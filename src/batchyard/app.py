@@ -44,6 +44,7 @@ from batchyard.services.context import Platform
 from batchyard.services.invoke_batcher import InvocationBatcher
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
+from batchyard.web.console import install_console
 
 log = logging.getLogger("batchyard")
 
@@ -262,4 +263,6 @@ def create_app(server: Server) -> FastAPI:
                        credentials_valid=operator_or_key(server.operator_token, key_valid))
     for router in (admin_router, account_router, jobs_router, executions_router):
         app.include_router(router)
+    install_console(app, server.settings.public_url
+                    or f"http://{server.settings.host}:{server.settings.port}")
     return app

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from batchyard.domain.roles import Role
 from batchyard.errors import NotAuthenticated
-from batchyard.services import accounts, jobs
+from batchyard.services import accounts, jobs, sessions
 from batchyard.services.context import Actor, Platform
 from batchyard.store.models import Account, Job
 
@@ -39,6 +39,8 @@ class Demo:
     account_id: str
     job_id: str
     api_key: str
+    # A fresh one-time invite of the demo user at every start: the console's way in.
+    invite_token: str
 
 
 def demo_zip() -> bytes:
@@ -62,7 +64,8 @@ def ensure_demo(platform: Platform, data_dir: Path) -> Demo:
                     Job.account_id == actor.account_id, Job.name == DEMO_JOB,
                     Job.deleted_at.is_(None))).first()
             if job is not None:
-                return Demo(actor.account_id, job.id, key_file.read_text().strip())
+                return Demo(actor.account_id, job.id, key_file.read_text().strip(),
+                            sessions.create_invite(platform, actor.account_id, actor.user_id))
         except NotAuthenticated:
             pass
     with platform.db.read() as session:
@@ -81,4 +84,5 @@ def ensure_demo(platform: Platform, data_dir: Path) -> Demo:
     jobs.publish(platform, actor, job.id)
     key_file.write_text(key)
     key_file.chmod(0o600)
-    return Demo(account.id, job.id, key)
+    return Demo(account.id, job.id, key,
+                sessions.create_invite(platform, account.id, user.id))

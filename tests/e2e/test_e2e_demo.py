@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from e2e_support import ServerProcess, wait_until
 
@@ -70,3 +72,27 @@ def test_a_restarted_demo_server_prints_the_same_working_key(tmp_path: Path) -> 
             assert client.get("/api/v1/me").status_code == 200
     finally:
         second.stop()
+
+
+def test_the_demo_server_prints_a_one_time_console_sign_in_that_works(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, extra_args=("--demo",)).start()
+    try:
+        label = "Sign in to the console (one-time link, 72 h):"
+        wait_until(lambda: label in server.output(), timeout=10, message=server.output)
+        url = next(line for line in server.output().splitlines()
+                   if line.startswith(label)).split()[-1]
+        assert url.startswith(server.base_url + "/invite/")
+        with httpx.Client(timeout=30) as browser:
+            form = browser.get(url)
+            assert form.status_code == 200 and "demo@example.com" in form.text
+            token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert token is not None
+            signed_in = browser.post(url, data={"csrf": token.group(1),
+                                                "password": "demo password",
+                                                "password_again": "demo password"})
+            assert signed_in.status_code == 303
+            grid = browser.get(server.base_url + "/jobs")
+            assert grid.status_code == 200 and "hello-world" in grid.text
+            assert browser.get(url).status_code == 404
+    finally:
+        server.stop()

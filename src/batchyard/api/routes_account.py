@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 
 from fastapi import APIRouter, Query, Request
@@ -11,9 +12,11 @@ from batchyard.api import schemas, views
 from batchyard.api.deps import CurrentActor, PlatformDep, is_operator
 from batchyard.api.params import MAX_PAGE
 from batchyard.api.strict_json import StrictJsonRoute, shown
+from batchyard.domain import forecast as projection
 from batchyard.domain.roles import Permission
 from batchyard.errors import InvalidInput
-from batchyard.services import accounts, audit, executions
+from batchyard.services import accounts, audit, executions, sessions
+from batchyard.services import forecast as forecasts
 
 router = APIRouter(prefix="/api/v1", tags=["account"], route_class=StrictJsonRoute)
 # Every route but the health check needs an account key.
@@ -24,6 +27,14 @@ _KEYED = schemas.errors(401, 403, 422)
 def me(actor: CurrentActor, platform: PlatformDep) -> schemas.Me:
     user, account = accounts.account_of(platform, actor)
     return schemas.Me(user=views.user(user), account=views.account(account, platform.secrets))
+
+
+@router.post("/me/password", status_code=204, responses=_KEYED)
+def change_password(body: schemas.PasswordChange, actor: CurrentActor,
+                    platform: PlatformDep) -> None:
+    """Set the caller's console password (the current one is needed once one is set);
+    every console session of the caller ends."""
+    sessions.change_password(platform, actor, body.current_password, body.new_password)
 
 
 @router.post("/api-keys", status_code=201, response_model=schemas.ApiKeyCreated,
@@ -56,6 +67,40 @@ def usage(actor: CurrentActor, platform: PlatformDep,
         except ValueError as exc:
             raise InvalidInput("date must be YYYY-MM-DD", field="date") from exc
     return executions.usage(platform, actor, day)
+
+
+@router.get("/usage/forecast", response_model=schemas.ForecastOut,
+            responses=schemas.errors(401, 403, 404, 422))
+def usage_forecast(actor: CurrentActor, platform: PlatformDep,
+                   days: int = Query(default=30, ge=1, le=projection.MAX_DAYS),
+                   job: str | None = None, schedule: str | None = None) -> schemas.ForecastOut:
+    """Each coming day's scheduled fires of the published jobs (with ``job`` and
+    ``schedule``, that job as if published with that schedule), each run lasting its
+    timeout, and the fires the plan would block with their reason."""
+    tried = None
+    if schedule is not None:
+        try:
+            tried = json.loads(schedule)
+        except ValueError as exc:
+            raise InvalidInput(f"schedule is not valid JSON: {exc}", field="schedule") from exc
+    result = forecasts.account_forecast(platform, actor, days, job_id=job, schedule=tried)
+    return forecast_out(result, job)
+
+
+def forecast_out(result: projection.Forecast, job: str | None = None) -> schemas.ForecastOut:
+    def fire(item: projection.PlannedFire) -> schemas.ForecastFireOut:
+        return schemas.ForecastFireOut(job_id=item.job_id, job_name=item.job_name, at=item.at,
+                                       admitted=item.admitted, reason=item.reason)
+
+    return schemas.ForecastOut(
+        start=result.start, timezone=result.timezone, budget_mode=result.budget_mode,
+        summary=projection.summary(result, job),
+        days=[schemas.ForecastDayOut(
+            date=day.day.isoformat(), planned=len(day.fires),
+            expected_runtime_seconds=day.expected_runtime_seconds,
+            max_runtime_seconds=day.max_runtime_seconds,
+            fires=[fire(item) for item in day.fires],
+            blocked=[fire(item) for item in day.blocked]) for day in result.days])
 
 
 @router.get("/audit", response_model=schemas.AuditList, responses=_KEYED)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from batchyard.api import schemas, views
 from batchyard.api.deps import Operator, PlatformDep
 from batchyard.api.strict_json import StrictJsonRoute
-from batchyard.services import accounts
+from batchyard.services import accounts, sessions
 
 router = APIRouter(prefix="/api/v1/admin", tags=["operator"], route_class=StrictJsonRoute,
                    responses=schemas.errors(401, 422))
@@ -40,6 +40,13 @@ def update_account(account_id: str, body: schemas.AccountUpdate, _op: Operator,
 @router.post("/accounts/{account_id}/users", status_code=201, responses=schemas.errors(404, 409),
              response_model=schemas.UserCreated)
 def create_user(account_id: str, body: schemas.UserCreate, _op: Operator,
-                platform: PlatformDep) -> schemas.UserCreated:
+                platform: PlatformDep, request: Request) -> schemas.UserCreated:
     user, key = accounts.create_user(platform, account_id, body.model_dump(exclude_none=True))
-    return schemas.UserCreated(id=user.id, email=user.email, role=user.role, api_key=key)
+    token = sessions.create_invite(platform, account_id, user.id)
+    return schemas.UserCreated(id=user.id, email=user.email, role=user.role, api_key=key,
+                               invite_url=invite_url(request, token))
+
+
+def invite_url(request: Request, token: str) -> str:
+    base: str = getattr(request.app.state, "public_url", "") or str(request.base_url)
+    return f"{base.rstrip('/')}/invite/{token}"

@@ -171,6 +171,38 @@ class UserOut(BaseModel):
 
 class UserCreated(UserOut):
     api_key: str
+    # One-time link (72 h) where the person sets a password for the console.
+    invite_url: str
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(default="", max_length=1000)
+    new_password: str = Field(max_length=1000)
+
+
+class ForecastFireOut(BaseModel):
+    job_id: str
+    job_name: str
+    at: datetime
+    admitted: bool
+    reason: str | None
+
+
+class ForecastDayOut(BaseModel):
+    date: str
+    planned: int
+    expected_runtime_seconds: float
+    max_runtime_seconds: float
+    fires: list[ForecastFireOut]
+    blocked: list[ForecastFireOut]
+
+
+class ForecastOut(BaseModel):
+    start: datetime
+    timezone: str
+    budget_mode: str
+    summary: str
+    days: list[ForecastDayOut]
 
 
 class Me(BaseModel):

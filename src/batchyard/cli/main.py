@@ -71,6 +71,8 @@ def serve(
 
         info = ensure_demo(server.platform, server.data_dir)
         typer.echo(f"\nbatchyard is at {url}  (API docs: {url}/docs)")
+        typer.echo(f"Sign in to the console (one-time link, 72 h): {url}/invite/"
+                   f"{info.invite_token}")
         typer.echo(f"Demo API key: {info.api_key}")
         typer.echo("Check it:      curl -s -H 'Authorization: Bearer "
                    f"{info.api_key}' {url}/api/v1/me")

@@ -297,6 +297,14 @@ def next_fire_of(schedule: Schedule, after: datetime) -> datetime | None:
     return next((instant for instant, _ in _fires(schedule, _as_utc(after), named=False)), None)
 
 
+def iter_fires(schedule: Schedule, after: datetime) -> Iterator[datetime]:
+    """Every fire instant strictly after ``after``, in order, from one walk (a projection
+    over many days would pay ``next_fire_of``'s set-up for each instant)."""
+    if schedule.kind == "none":
+        return iter(())
+    return (instant for instant, _ in _fires(schedule, _as_utc(after), named=False))
+
+
 def describe_next_runs(schedule: Mapping[str, Any], after: datetime,
                        count: int = 5) -> list[dict[str, str]]:
     """The API's ``next_runs``: each instant in UTC and in the schedule's zone."""

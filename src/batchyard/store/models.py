@@ -316,3 +316,45 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WebSession(Base):
+    """A person signed in to the console: the cookie carries a secret whose SHA-256 is
+    the key here, so a leaked table grants nobody a session."""
+
+    __tablename__ = "web_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # None with ``operator`` set: the operator's session (no account, no user).
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), nullable=True,
+                                                index=True)
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), nullable=True)
+    operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    # Indexed: sessions idle past the limit are deleted in bulk at each sign-in.
+    last_seen_at: Mapped[datetime] = mapped_column(index=True)
+    client: Mapped[str] = mapped_column(String(100), default="")
+
+
+class Invite(Base):
+    """A one-time link where a person sets a password; only its hash is stored."""
+
+    __tablename__ = "invites"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class SignInFailure(Base):
+    """One failed sign-in, counted per e-mail and per client address over the last minute
+    (in the database, so every server process of a deployment counts the same)."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (Index("ix_sign_in_failures_key_at", "key", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(300))
+    # Indexed: failures older than the window are deleted at each new one.
+    at: Mapped[datetime] = mapped_column(index=True)
