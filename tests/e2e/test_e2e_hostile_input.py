@@ -319,3 +319,22 @@ def test_no_tenant_visible_string_of_a_failing_job_names_the_data_folder(
     execution = wait_for(account.owner, invoke(account.owner, job_id))
     assert execution["status"] == "failed", execution
     assert_no_data_folder(account.owner, server, execution)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_to_a_console_form_is_refused_without_being_read(
+        server: ServerProcess, chunked: bool) -> None:
+    assert server.process is not None
+    pid = server.process.pid
+    total = 100 * MIB
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+    head = (f"POST /sign-in HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            f"application/x-www-form-urlencoded\r\n{framing}\r\n\r\n")
+    before = rss_bytes(pid)
+    outcome: dict[str, Any] = {}
+    send_body(server, head, total, chunked, outcome)
+    if not chunked:  # refused from its Content-Length, before a byte of it is read
+        assert outcome["answer"].startswith((b"HTTP/1.1 413", b"HTTP/1.1 422")), outcome
+    # Either way the server closed the connection: the sender could not get it through.
+    assert outcome["sent"] < total, outcome
+    assert rss_bytes(pid) - before < 50 * MIB

@@ -13,8 +13,10 @@ An ASGI middleware in front of ``/api/v1``:
 * A NUL character in the path or the query is refused (404, 422): no lookup of
   ours can match it, and PostgreSQL refuses it as a parameter.
 
-``/api/v1/worker/*`` (worker tokens) and everything outside ``/api/v1`` are left to
-their own routes.
+The console (paths outside ``/api/v1``) is bounded too: its forms to
+``CONSOLE_FORM_BYTES``; its code upload to what the route sets once the person's session
+is known (the session dependency runs before the body is read). ``/api/v1/worker/*``
+(worker tokens) is left to its own routes.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ KIB = 1024
 UNAUTHENTICATED_BODY_BYTES = 64 * KIB
 JSON_BODY_BYTES = 1024 * KIB
 INVOKE_BODY_BYTES = 256 * KIB
+CONSOLE_FORM_BYTES = 64 * KIB
 _LIMIT_KEY = "batchyard.body_limit"
 _INVOKE = re.compile(r"^/api/v1/jobs/[^/]+/invoke$")
 _CODE = re.compile(r"^/api/v1/jobs/[^/]+/code$")
+_CONSOLE_CODE = re.compile(r"^/jobs/[^/]+/code$")
 
 # True when the request's headers carry credentials the server knows (app.py: the
 # operator token or a live API key; a console session would be checked here too).
@@ -63,7 +67,7 @@ def _too_large(limit: int, path: str) -> RequestRefused:
     if _INVOKE.match(path):
         return RequestRefused(422, "invalid_input", f"The invocation body may be at most "
                               f"{limit // KIB} KiB.", headers=close, field="body", limit=limit)
-    if _CODE.match(path):
+    if _CODE.match(path) or _CONSOLE_CODE.match(path):
         return RequestRefused(413, "code_too_large", f"The upload is larger than the plan's "
                               f"{limit} bytes.", headers=close, limit=limit)
     return RequestRefused(422, "invalid_input", f"The request body may be at most "
@@ -77,9 +81,11 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/api/v1/") \
-                or path.startswith("/api/v1/worker/"):
+        if scope["type"] != "http" or path.startswith("/api/v1/worker/"):
             await self.app(scope, receive, send)
+            return
+        if not path.startswith("/api/v1/"):
+            await self._console(scope, receive, send, path)
             return
         if "\x00" in path:
             await _answer(send, 404, "not_found", "Not Found")
@@ -106,6 +112,26 @@ class RequestGuard:
         if limit is not None:
             scope[_LIMIT_KEY] = limit
             if size > limit:
+                refused = _too_large(limit, path)
+                await _answer(send, refused.status_code, refused.code, refused.message,
+                              close=True, **refused.extra)
+                return
+        await self.app(scope, _bounded(scope, receive, path), send)
+
+
+    async def _console(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """Console pages: a session cookie, not a bearer token, says who asks, and each
+        route checks it before it reads a body; so bodies are only bounded here."""
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            await _answer(send, 400, "invalid_input", "Content-Length is not a number.")
+            return
+        upload = scope["method"] == "POST" and _CONSOLE_CODE.match(path) is not None
+        limit = None if upload else CONSOLE_FORM_BYTES
+        if limit is not None:
+            scope[_LIMIT_KEY] = limit
+            if declared is not None and int(declared) > limit:
                 refused = _too_large(limit, path)
                 await _answer(send, refused.status_code, refused.code, refused.message,
                               close=True, **refused.extra)

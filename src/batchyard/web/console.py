@@ -71,6 +71,9 @@ def _html_for_pages(app: FastAPI, kind: type[Exception],
         if _is_api(request.url.path):
             response: Response = await api_handler(request, exc)
             return response
-        return error_page(request, convert(exc))
+        page = error_page(request, convert(exc))
+        # Headers the refusal carries (Connection: close for a body cut off unread, Allow).
+        page.headers.update(getattr(exc, "headers", None) or {})
+        return page
 
     app.add_exception_handler(kind, handler)

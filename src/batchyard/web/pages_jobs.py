@@ -11,6 +11,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from batchyard.api.deps import PlatformDep
+from batchyard.api.guard import set_body_limit
+from batchyard.api.strict_json import RequestRefused
 from batchyard.domain.plans import plan_from_dict
 from batchyard.domain.roles import Permission, Role
 from batchyard.domain.schedules import describe_next_runs, schedule_summary
@@ -136,11 +138,21 @@ def _job_error(request: Request, job_id: str, exc: BatchyardError) -> Response:
     return back(job_id, "code", error=exc.message)
 
 
+# Multipart framing and the form's other fields (the CSRF token) around the zip.
+UPLOAD_FORM_OVERHEAD = 16 * 1024
+
+
 @router.post("/jobs/{job_id}/code")
 async def upload_code(job_id: str, request: Request, actor: Person,
                       platform: PlatformDep) -> Response:
     limit = await run_in_threadpool(jobs.code_size_limit, platform, actor, job_id)
-    form = await request.form(max_files=1)
+    # The body is read only now, bounded by the plan (and the form's own few fields).
+    set_body_limit(request.scope, limit + UPLOAD_FORM_OVERHEAD)
+    try:
+        form = await request.form(max_files=1)
+    except RequestRefused:  # cut off while it streamed: the connection closes after this
+        return _job_error(request, job_id, CodeTooLarge(
+            f"The file is larger than the plan's {limit} bytes."))
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         return _job_error(request, job_id, InvalidCode("Choose a zip file to upload."))
