@@ -98,7 +98,7 @@ def test_run_in_the_servers_sandbox(tmp_path: Path) -> None:
     # The server's own detection: bubblewrap where it runs, else the rlimits launcher.
     assert "isolation: bubblewrap" in header or "isolation: rlimits" in header, header
     plain = kit.json("run", cwd=root)
-    assert "isolation: process-group" in plain["logs"][0]["message"]
+    assert "isolation: unconfined" in plain["logs"][0]["message"]
     assert user_records(result["logs"])[0][2]["greeting"] == "from the toml"
     assert (root / "output" / "out.txt").read_text() == "written"
 
