@@ -246,6 +246,10 @@ class AttemptOut(BaseModel):
     exit_code: int | None
     error: str | None
     worker: str | None
+    # User + system CPU time of the attempt's process tree, and the largest resident size
+    # of any one of its processes (ru_maxrss from wait4); null when not measured.
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
 
 
 class ExecutionOut(BaseModel):

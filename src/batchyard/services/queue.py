@@ -114,6 +114,9 @@ class AttemptResult:
     # A failure no retry would mend (domain.executions.DEPENDENCY_INSTALL_FAILED): it ends
     # the execution and becomes its reason.
     final_failure: str | None = None
+    # What the attempt's processes used (runtime/resources.py); None: not measured.
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
 
 
 @functools.cache
@@ -366,7 +369,8 @@ _END_ATTEMPT = update(_ATTEMPT).where(
          runtime_seconds=case(
              (bindparam("p_runtime") > _ATTEMPT.c.deadline_seconds, _ATTEMPT.c.deadline_seconds),
              else_=bindparam("p_runtime")),
-         exit_code=bindparam("p_exit"),
+         exit_code=bindparam("p_exit"), cpu_seconds=bindparam("p_cpu"),
+         peak_memory_bytes=bindparam("p_memory"),
          error=bindparam("p_error")).returning(_ATTEMPT.c.account_day, _ATTEMPT.c.runtime_seconds)
 _CHARGE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
     runtime_seconds=_EXECUTION.c.runtime_seconds + bindparam("p_runtime"),
@@ -481,7 +485,8 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     day, charged = connection.execute(_END_ATTEMPT, {
         "eid": execution_id, "num": number, "p_status": result.outcome.value,
         "p_ended": result.ended_at, "p_runtime": result.runtime_seconds,
-        "p_exit": result.exit_code, "p_error": result.error}).one()
+        "p_exit": result.exit_code, "p_error": result.error,
+        "p_cpu": result.cpu_seconds, "p_memory": result.peak_memory_bytes}).one()
     account_id, job_id, revision, cancel_requested, reserved = connection.execute(
         _CHARGE, {"eid": execution_id, "p_runtime": charged}).one()
     # Run time is charged, and the attempt's reservation (strict mode) given back, on the

@@ -164,6 +164,8 @@ class Execution(Base):
         Index("ix_executions_account_day", "account_id", "account_day"),
         # Admission counts a job's queued/running executions on every invocation.
         Index("ix_executions_job_status", "job_id", "status"),
+        # Retention: an account's oldest executions first.
+        Index("ix_executions_account_created", "account_id", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
@@ -224,6 +226,9 @@ class Attempt(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # CPU time and peak resident size of the attempt's processes (runtime/resources.py).
+    cpu_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class LogLine(Base):
@@ -278,7 +283,8 @@ class JobUsageDay(Base):
 
 class AuditEntry(Base):
     __tablename__ = "audit"
-    __table_args__ = (Index("ix_audit_account_id", "account_id", "id"),)
+    __table_args__ = (Index("ix_audit_account_id", "account_id", "id"),
+                      Index("ix_audit_at", "at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     at: Mapped[datetime]
