@@ -12,9 +12,10 @@ Peak memory is always the largest resident size of any single process of the att
   PID-namespace init reports the job's exit, and nobody it waits for reaps that init),
   so the tree under bwrap is sampled from /proc every ``SAMPLE_SECONDS`` (at both
   levels, for the peak): CPU time is the sum over live processes of their own and their
-  reaped children's time (each second of CPU is in exactly one of them), peak memory the largest ``VmHWM`` seen. The last
-  sample is at most ``SAMPLE_SECONDS`` before the end, so that much CPU may be missed,
-  and a process living shorter than that only counts through its parent's figures.
+  reaped children's time (each second of CPU is in exactly one of them), peak memory
+  the largest ``VmHWM`` seen. The last sample is at most ``SAMPLE_SECONDS`` before the
+  end, so that much CPU may be missed, and a process living shorter than that only
+  counts through its parent's figures.
 """
 
 from __future__ import annotations
