@@ -12,9 +12,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, start_http_server
 
 from batchyard import __version__
 from batchyard.api.errors import install_error_handlers
+from batchyard.api.metrics import install_request_metrics
+from batchyard.api.metrics import router as metrics_router
 from batchyard.api.routes_account import router as account_router
 from batchyard.api.routes_admin import router as admin_router
 from batchyard.api.routes_executions import router as executions_router
@@ -39,6 +42,7 @@ from batchyard.sdk import JOBPATH
 from batchyard.services import queue
 from batchyard.services.context import Platform
 from batchyard.services.invoke_batcher import InvocationBatcher
+from batchyard.services.metrics import PROCESS, StoreCollector
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 
@@ -112,8 +116,8 @@ class Server:
                 cpu_seconds=self.settings.job_cpu_seconds), work_root, data_dir,
             self.settings.sandbox_uid_base)
         # Before any attempt runs; the table outlives this process (runtime/netguard.py).
-        sandbox.add_note(install_network_guard(self.settings.job_network,
-                                               sandbox.uid_range).description)
+        guard = install_network_guard(self.settings.job_network, sandbox.uid_range)
+        sandbox.add_note(guard.description)
         log.info("job isolation: %s", sandbox.description)
         smtp = SmtpConfig.from_settings(self.settings)
         mailer = SmtpMailer(smtp) if smtp is not None else None
@@ -163,6 +167,12 @@ class Server:
         self.supervisor.requests["db"] = self.db_broker
         # Group commit of API invocations (services/invoke_batcher.py).
         self.invocations = InvocationBatcher(self.platform)
+        # Metrics (issue 13): the store's figures at each scrape, and this process's own.
+        self.metrics = CollectorRegistry()
+        self.metrics.register(StoreCollector(self.platform, {
+            "sandbox_level": sandbox.level.value,
+            "network_guard": "on" if guard.table else "off"}))
+        self.metrics.register(PROCESS)
         self.app = create_app(self)
 
     def start_background(self) -> None:
@@ -172,6 +182,9 @@ class Server:
                                  owner_prefix=f"{self.node_id}:")
         if swept:
             log.warning("recovered %d execution(s) interrupted by the last shutdown", swept)
+        if self.settings.metrics_port:
+            # No token on this one: it listens on loopback only.
+            start_http_server(self.settings.metrics_port, "127.0.0.1", self.metrics)
         self.invocations.start()
         self.pool.start()
         self.delivery.start()
@@ -208,7 +221,9 @@ def create_app(server: Server) -> FastAPI:
     app.state.operator_token = server.operator_token
     app.state.isolation = server.supervisor.sandbox.description
     app.state.workers = server.settings.workers
+    app.state.metrics = server.metrics
     install_error_handlers(app)
-    for router in (admin_router, account_router, jobs_router, executions_router):
+    install_request_metrics(app)
+    for router in (metrics_router, admin_router, account_router, jobs_router, executions_router):
         app.include_router(router)
     return app

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     job_network: Literal["public", "open"] = "public"
     # Fire scheduled jobs in this process (any number of processes may).
     scheduler: bool = True
+    # /metrics without the operator token, on 127.0.0.1 only (0: not served).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # Database access (SPEC 6): limits of each query the broker runs for a job.
     db_statement_timeout_seconds: float = Field(default=300.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=10.0, gt=0)

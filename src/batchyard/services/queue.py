@@ -31,7 +31,7 @@ from batchyard.domain.executions import (
 )
 from batchyard.domain.jobs import JobSettings
 from batchyard.domain.plans import plan_from_dict
-from batchyard.services import notifications
+from batchyard.services import metrics, notifications
 from batchyard.services.context import Platform
 from batchyard.services.revisions import PublishedCode, PublishedRevision
 from batchyard.services.secrets import SecretUndecryptable
@@ -218,7 +218,7 @@ def _claim_statement() -> Any:
     # The status condition makes the claim exclusive even without SKIP LOCKED.
     columns = ("id", "account_id", "job_id", "job_name", "revision", "attempt_count",
                "reserved_seconds", "account_day", "params", "source", "log_seq", "log_bytes",
-               "log_truncated")
+               "log_truncated", "created_at")
     return (update(_EXECUTION)
             .where(_EXECUTION.c.id == bindparam("eid"), _EXECUTION.c.status == "queued")
             .values(status="running", attempt_count=_EXECUTION.c.attempt_count + 1,
@@ -278,6 +278,8 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
         "account_id": execution["account_id"], "execution_id": execution["id"],
         "number": number, "status": "running", "account_day": day, "started_at": now,
         "deadline_seconds": deadline, "worker": worker})
+    if number == 1:
+        metrics.observe_start((now - execution["created_at"]).total_seconds())
     return ClaimedAttempt(
         execution_id=execution["id"], account_id=execution["account_id"],
         job_id=execution["job_id"], job_name=execution["job_name"], number=number,
@@ -487,6 +489,7 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
         "p_ended": result.ended_at, "p_runtime": result.runtime_seconds,
         "p_exit": result.exit_code, "p_error": result.error,
         "p_cpu": result.cpu_seconds, "p_memory": result.peak_memory_bytes}).one()
+    metrics.observe_run(charged)
     account_id, job_id, revision, cancel_requested, reserved = connection.execute(
         _CHARGE, {"eid": execution_id, "p_runtime": charged}).one()
     # Run time is charged, and the attempt's reservation (strict mode) given back, on the
@@ -557,6 +560,8 @@ def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | Non
                 "The worker running this attempt stopped (server restart or lost worker).",
                 now))
             swept += 1
+            if owner_prefix is None:
+                metrics.LEASE_EXPIRIES.inc()
     if swept:
         platform.on_queued()
     return swept
