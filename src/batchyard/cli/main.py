@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from batchyard.cli.ops import register as register_operations
 from batchyard.config import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -67,6 +68,8 @@ def serve(
     uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning",
                 timeout_graceful_shutdown=15)
 
+
+register_operations(app)
 
 if __name__ == "__main__":
     app()
