@@ -33,6 +33,7 @@ from batchyard.runtime.mailer import JobEmailHandler
 from batchyard.runtime.netguard import install_network_guard
 from batchyard.runtime.pool import PoolTiming, WorkerPool
 from batchyard.runtime.requests import RequestHandler
+from batchyard.runtime.retention_loop import RetentionLoop, RetentionPolicy, UvCache
 from batchyard.runtime.sandbox import JobLimits, Sandbox, detect_sandbox
 from batchyard.runtime.scheduler_loop import SchedulerLoop
 from batchyard.runtime.smtp import SmtpConfig, SmtpMailer
@@ -165,6 +166,13 @@ class Server:
             max_rows=self.settings.db_max_rows,
             max_reply_bytes=self.settings.db_max_reply_bytes))
         self.supervisor.requests["db"] = self.db_broker
+        environments = self.supervisor.environments
+        self.retention = RetentionLoop(self.platform, RetentionPolicy(
+            batch_size=self.settings.retention_batch_size,
+            audit_retention_days=self.settings.audit_retention_days,
+            interval_seconds=self.settings.retention_interval_seconds), UvCache(
+                environments.uv_cache, self.settings.uv_cache_max_mb * 1024 * 1024,
+                environments.uv, environments.uv_environment))
         # Group commit of API invocations (services/invoke_batcher.py).
         self.invocations = InvocationBatcher(self.platform)
         # Metrics (issue 13): the store's figures at each scrape, and this process's own.
@@ -188,11 +196,13 @@ class Server:
         self.invocations.start()
         self.pool.start()
         self.delivery.start()
+        self.retention.start()
         if self.scheduler is not None:
             self.scheduler.start()
 
     def stop(self) -> None:
         self.invocations.stop()
+        self.retention.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         self.pool.stop()

@@ -50,7 +50,14 @@ class Settings(BaseSettings):
     kill_grace_seconds: float = Field(default=0.5, ge=0)
     log_cap_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     log_line_max_bytes: int = Field(default=16 * 1024, ge=256)
-    log_retention_days: int = Field(default=30, ge=1)
+    # Retention (issue 13): executions follow their plan's retention_days; the audit
+    # trail is kept this long; the retention loop deletes this many executions per
+    # transaction (short write locks) and looks again after the interval.
+    audit_retention_days: int = Field(default=365, ge=1)
+    retention_batch_size: int = Field(default=200, ge=1, le=10_000)
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
+    # uv's download cache (<data>/uv-cache), cleaned by the retention loop above this.
+    uv_cache_max_mb: int = Field(default=2048, ge=1)
     artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
     artifact_max_files: int = Field(default=100, ge=0)
     # Dependencies (SPEC 5): environments of jobs' requirements.txt, least recently used

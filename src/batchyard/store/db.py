@@ -110,7 +110,10 @@ class Database:
             try:
                 free = int(raw.execute("PRAGMA freelist_count").fetchone()[0])
                 if free:
-                    raw.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+                    # executescript steps the pragma to its end; execute() frees one page.
+                    raw.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+                    # The file shrinks when the WAL is written back: try now, blocking no one.
+                    raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 return free
             finally:
                 raw.close()

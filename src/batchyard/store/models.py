@@ -308,6 +308,8 @@ class Delivery(Base):
         # The delivery loop's work list: due pending rows, by index.
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_account_execution", "account_id", "execution_id"),
+        # Retention deletes executions: their deliveries by execution alone.
+        Index("ix_deliveries_execution", "execution_id"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))

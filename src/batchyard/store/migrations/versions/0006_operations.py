@@ -27,9 +27,12 @@ def upgrade() -> None:
     op.create_index("ix_executions_account_created", "executions",
                     ["account_id", "created_at"])
     op.create_index("ix_audit_at", "audit", ["at"])
+    # Deleting an execution looks up its deliveries (the foreign key's check included).
+    op.create_index("ix_deliveries_execution", "deliveries", ["execution_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deliveries_execution", table_name="deliveries")
     op.drop_index("ix_audit_at", table_name="audit")
     op.drop_index("ix_executions_account_created", table_name="executions")
     with op.batch_alter_table("attempts", schema=None) as batch_op:
