@@ -141,7 +141,7 @@ def test_20000_expired_executions_are_deleted_during_an_invoke_load_and_the_file
                                  "max_invocations_per_job_per_day": 1_000_000})
     actor = make_actor(account)
     job = make_published_job(actor, settings={"concurrency": "allow"})
-    expired = seed(platform, account.id, job.id, 20_000, timedelta(days=40))
+    seed(platform, account.id, job.id, 20_000, timedelta(days=40))
     path = platform.db.engine.url.database
     assert path is not None
     checkpoint(platform)

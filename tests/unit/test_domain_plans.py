@@ -88,7 +88,7 @@ def test_zero_is_allowed(key: str) -> None:
 
 @pytest.mark.parametrize("key", sorted(AT_LEAST_ONE))
 def test_zero_is_refused_where_it_would_break_the_account(key: str) -> None:
-    with pytest.raises(InvalidInput, match="at least 1|between 1 and"):
+    with pytest.raises(InvalidInput, match=r"at least 1|between 1 and"):
         apply_plan_changes(Plan(), {key: 0})
 
 
