@@ -233,7 +233,7 @@ def create_app(server: Server) -> FastAPI:
     app.state.workers = server.settings.workers
     app.state.metrics = server.metrics
     install_error_handlers(app)
-    install_request_metrics(app)
+    install_request_metrics(app, access_log=server.settings.log_format == "json")
     for router in (metrics_router, admin_router, account_router, jobs_router, executions_router):
         app.include_router(router)
     return app

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str | None = None
     host: str = "127.0.0.1"
+    # The server's own log: "text" (human-readable) or "json" (one object per line).
+    log_format: Literal["text", "json"] = "text"
     port: int = 8080
     public_url: str | None = None
     operator_token: SecretStr | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import uvicorn
 
 from batchyard.cli.ops import register as register_operations
 from batchyard.config import Settings
+from batchyard.logs import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="batchyard: scheduled and API-invoked Python batch jobs.")
@@ -33,9 +33,7 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
                                    "workers": workers}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings.log_format)
     from batchyard.app import Server
     from batchyard.nodelock import DataFolderBusy
 

@@ -25,6 +25,7 @@ from typing import Any
 from batchyard.domain.executions import DEPENDENCY_INSTALL_FAILED, AttemptOutcome
 from batchyard.domain.requirements import normalise_requirements
 from batchyard.errors import BatchyardError, InvalidCode
+from batchyard.logs import execution_context
 from batchyard.runtime.diskwatch import describe_violation, disk_usage
 from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.logsink import LogSink, LogWriter
@@ -136,7 +137,9 @@ class Supervisor:
         with self._lock:
             self._running[key] = stops
         try:
-            return self._run(attempt, write_logs, stops)
+            # Server log lines about this attempt carry its execution id (logs.py).
+            with execution_context(attempt.execution_id):
+                return self._run(attempt, write_logs, stops)
         finally:
             with self._lock:
                 if self._running.get(key) is stops:
