@@ -25,6 +25,7 @@ from batchyard.api.routes_jobs import router as jobs_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
 from batchyard.nodelock import take_node_slot
+from batchyard.runtime.alert_loop import AlertLoop
 from batchyard.runtime.dbbroker import DatabaseBroker
 from batchyard.runtime.dbrun import QueryLimits
 from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
@@ -173,6 +174,7 @@ class Server:
             interval_seconds=self.settings.retention_interval_seconds), UvCache(
                 environments.uv_cache, self.settings.uv_cache_max_mb * 1024 * 1024,
                 environments.uv, environments.uv_environment))
+        self.alerts = AlertLoop(self.platform, self.settings.alerts_interval_seconds)
         # Group commit of API invocations (services/invoke_batcher.py).
         self.invocations = InvocationBatcher(self.platform)
         # Metrics (issue 13): the store's figures at each scrape, and this process's own.
@@ -197,12 +199,14 @@ class Server:
         self.pool.start()
         self.delivery.start()
         self.retention.start()
+        self.alerts.start()
         if self.scheduler is not None:
             self.scheduler.start()
 
     def stop(self) -> None:
         self.invocations.stop()
         self.retention.stop()
+        self.alerts.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         self.pool.stop()

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(default=365, ge=1)
     retention_batch_size: int = Field(default=200, ge=1, le=10_000)
     retention_interval_seconds: float = Field(default=300.0, gt=0)
+    # How often jobs' quiet-schedule and duration alerts are checked (domain/alerts.py).
+    alerts_interval_seconds: float = Field(default=30.0, gt=0)
     # uv's download cache (<data>/uv-cache), cleaned by the retention loop above this.
     uv_cache_max_mb: int = Field(default=2048, ge=1)
     artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)

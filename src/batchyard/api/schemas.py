@@ -62,6 +62,11 @@ class NotifyIn(Strict):
     on_success: list[str] | None = None
 
 
+class AlertsIn(Strict):
+    late_after_minutes: float | None = None
+    max_duration_minutes: float | None = None
+
+
 class WebhookIn(Strict):
     url: str
     # Write-only: omitted keeps the current secret, null or "" removes it.
@@ -76,6 +81,8 @@ class SettingsIn(Strict):
     notify: NotifyIn | None = None
     # null removes the webhook.
     webhook: WebhookIn | None = None
+    # null removes the alerts.
+    alerts: AlertsIn | None = None
 
 
 class VariableIn(Strict):
@@ -143,6 +150,11 @@ class NotifyOut(BaseModel):
     on_success: list[str]
 
 
+class AlertsOut(BaseModel):
+    late_after_minutes: float | None
+    max_duration_minutes: float | None
+
+
 class WebhookOut(BaseModel):
     url: str
     has_secret: bool
@@ -155,6 +167,7 @@ class SettingsOut(BaseModel):
     misfire_grace_minutes: float
     notify: NotifyOut
     webhook: WebhookOut | None = None
+    alerts: AlertsOut | None = None
 
 
 class LastExecution(BaseModel):

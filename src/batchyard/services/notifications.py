@@ -143,7 +143,7 @@ def _owes_anything(status: str, settings: JobSettings) -> bool:
 class ClaimedDelivery:
     id: str
     account_id: str
-    execution_id: str
+    execution_id: str | None
     kind: str
     event: str
     payload: dict[str, Any]

@@ -313,7 +313,9 @@ class Delivery(Base):
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
-    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id"))
+    # None: an alert about a job (domain/alerts.py), not about one execution.
+    execution_id: Mapped[str | None] = mapped_column(ForeignKey("executions.id"),
+                                                     nullable=True)
     kind: Mapped[str] = mapped_column(String(16))
     event: Mapped[str] = mapped_column(String(40))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -324,3 +326,19 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class AlertIncident(Base):
+    """An alert's incident (domain/alerts.py): opened once, recovered once."""
+
+    __tablename__ = "alert_incidents"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "subject"),
+                      Index("ix_alert_incidents_open", "job_id", "recovered_at"))
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    # The missed instant (ISO) or the overlong execution's id.
+    subject: Mapped[str] = mapped_column(String(64))
+    opened_at: Mapped[datetime]
+    recovered_at: Mapped[datetime | None] = mapped_column(nullable=True)
