@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, start_http_server
@@ -183,6 +184,7 @@ class Server:
             "sandbox_level": sandbox.level.value,
             "network_guard": "on" if guard.table else "off"}))
         self.metrics.register(PROCESS)
+        self.metrics_server: WSGIServer | None = None
         self.app = create_app(self)
 
     def start_background(self) -> None:
@@ -194,7 +196,8 @@ class Server:
             log.warning("recovered %d execution(s) interrupted by the last shutdown", swept)
         if self.settings.metrics_port:
             # No token on this one: it listens on loopback only.
-            start_http_server(self.settings.metrics_port, "127.0.0.1", self.metrics)
+            self.metrics_server = start_http_server(self.settings.metrics_port, "127.0.0.1",
+                                                    self.metrics)[0]
         self.invocations.start()
         self.pool.start()
         self.delivery.start()
@@ -205,6 +208,8 @@ class Server:
 
     def stop(self) -> None:
         self.invocations.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         self.retention.stop()
         self.alerts.stop()
         if self.scheduler is not None:

@@ -4,14 +4,17 @@ missed a fire, read with prometheus_client's own parser."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from e2e_support import (
     Account,
     ServerFactory,
+    ServerProcess,
     create_account,
     deploy_job,
+    free_port,
     invoke,
     wait_for,
 )
@@ -96,3 +99,18 @@ def test_a_scrape_counts_each_outcome_once_under_bounded_labels(
         for key in {k for labels in series for k, _ in labels}:
             values = {dict(labels).get(key) for labels in series}
             assert len(values) <= MAX_LABEL_VALUES, (name, key, len(values))
+
+
+def test_the_metrics_port_serves_without_a_token_on_loopback(tmp_path: Path) -> None:
+    port = free_port()
+    server = ServerProcess(tmp_path / "server",
+                           env={"BATCHYARD_METRICS_PORT": str(port)}).start()
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert answer.status_code == 200
+        names = {family.name for family in text_string_to_metric_families(answer.text)}
+        assert {"batchyard_queue_depth", "batchyard_executions",
+                "batchyard_http_requests"} <= names
+        assert httpx.get(f"{server.base_url}/metrics", timeout=10).status_code == 401
+    finally:
+        server.stop()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import func, select
 
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
@@ -23,10 +24,10 @@ from batchyard.errors import InvalidInput
 from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
 from batchyard.runtime.smtp import SmtpConfig, SmtpMailer
 from batchyard.runtime.webhooks import WebhookPoster
-from batchyard.services import accounts, alerts, jobs, scheduler
+from batchyard.services import accounts, alerts, jobs, retention, scheduler
 from batchyard.services.context import Actor, Platform
 from batchyard.services.queue import AttemptResult, claim_next_execution, finish_attempt
-from batchyard.store.models import Account, Job
+from batchyard.store.models import Account, AlertIncident, Delivery, Job
 
 
 class Inbox:
@@ -142,6 +143,14 @@ def test_a_budget_blocked_daily_job_raises_one_late_alert_and_one_recovered_aler
     assert bodies[0]["alert"]["job_id"] == job.id
     assert bodies[0]["alert"]["subject"] == "2025-03-10T13:00:00+00:00"
     assert bodies[1]["alert"]["subject"] == bodies[0]["alert"]["subject"]
+
+    # Alert notifications and closed incidents are kept as long as the audit trail.
+    clock.advance(days=366)
+    retention.purge_alerts(platform, 365)
+    with platform.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(AlertIncident)) == 0
+        assert session.scalar(select(func.count()).select_from(Delivery).where(
+            Delivery.execution_id.is_(None))) == 0
 
 
 def test_a_run_past_max_duration_alerts_once_and_recovers_when_it_ends(

@@ -71,6 +71,7 @@ class RetentionLoop(Driver):
             return PAUSE_SECONDS  # more expired rows: carry on after a breath
         if deleted:
             log.info("retention: %d expired executions and audit entries deleted", deleted)
+        retention.purge_alerts(self.platform, self.policy.audit_retention_days)
         self.bound_uv_cache()
         return self.policy.interval_seconds
 

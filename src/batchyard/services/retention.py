@@ -4,7 +4,8 @@ An execution older than its account's plan ``retention_days`` (by creation) that
 ended is deleted with everything hanging from it: attempts, log lines, artifacts and
 deliveries. Each batch is its own short write transaction, so invocations and workers
 wait at most one batch for the write lock (SQLite has one writer). Code versions stay
-while their job exists (SPEC §2). The audit trail has its own retention.
+while their job exists (SPEC §2). The audit trail has its own retention, and alert
+notifications and recovered alert incidents follow it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from batchyard.domain.plans import plan_from_dict
 from batchyard.services.context import Platform
 from batchyard.store.models import (
     Account,
+    AlertIncident,
     Artifact,
     Attempt,
     AuditEntry,
@@ -77,3 +79,15 @@ def purge_batch(platform: Platform, batch_size: int, audit_retention_days: int) 
             audit_entries = session.connection().execute(
                 delete(AuditEntry).where(AuditEntry.id.in_(audit_ids))).rowcount
     return Purged(executions, audit_entries)
+
+
+def purge_alerts(platform: Platform, audit_retention_days: int) -> None:
+    """Alert notifications (about a job, not a run) and recovered incidents: kept as long
+    as the audit trail."""
+    cutoff = platform.clock.now() - timedelta(days=audit_retention_days)
+    with platform.db.write() as session:
+        connection = session.connection()
+        connection.execute(delete(Delivery).where(
+            Delivery.execution_id.is_(None), Delivery.created_at < cutoff,
+            Delivery.status != "pending"))
+        connection.execute(delete(AlertIncident).where(AlertIncident.recovered_at < cutoff))
