@@ -51,17 +51,22 @@ def check_alerts(platform: Platform) -> AlertReport:
             select(Job.account_id, Job.id, Job.name, Job.revision)
             .where(Job.status == "published", Job.deleted_at.is_(None),
                    Job.revision.is_not(None))).all()
+        # Revisions are immutable and cached: a fleet's are read in chunks, not per job.
+        revisions = {}
+        keys = [(account_id, job_id, int(number or 0))
+                for account_id, job_id, _, number in published]
+        for start in range(0, len(keys), 1000):
+            revisions.update(platform.revisions.load(session, keys[start:start + 1000]))
     opened = recovered = 0
     for account_id, job_id, job_name, number in published:
-        assert number is not None  # published jobs have a revision (the query asks)
-        with platform.db.read() as session:
-            revision = platform.revisions.get(session, account_id, job_id, number)
+        revision = revisions[(account_id, job_id, int(number or 0))]
         if revision.settings.alerts is None:
             continue
         try:
             with platform.db.write() as session:
                 changes = _check_job(platform, session, account_id, job_id, job_name,
-                                     number, revision.settings, revision.parsed_schedule, now)
+                                     revision.number, revision.settings,
+                                     revision.parsed_schedule, now)
         except IntegrityError:  # another process recorded the same change first
             continue
         opened += changes.opened
