@@ -12,8 +12,7 @@ JOB = """\
 import time
 def main():
     block = b"x" * (120 * 1024 * 1024)
-    start = time.process_time()
-    while time.process_time() - start < 0.5:
+    while time.process_time() < 0.5:  # the process's CPU in all
         pass
     print(len(block))
 """
