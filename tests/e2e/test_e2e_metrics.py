@@ -48,7 +48,7 @@ def test_a_scrape_counts_each_outcome_once_under_bounded_labels(
         launch_server: ServerFactory) -> None:
     first = launch_server()
     with first.client() as operator:
-        made = create_account(operator, plan={"max_invocations_per_job_per_day": 3})
+        made = create_account(operator, plan={"max_invocations_per_job_per_day": 2})
     account = Account(made.id, made.keys, first.base_url)
     missed_job = prepare_job(account, 0)
     instant = next_whole_minute(MARGIN)
