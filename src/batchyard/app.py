@@ -10,13 +10,17 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, start_http_server
 
 from batchyard import __version__
 from batchyard.api.deps import api_key_valid
 from batchyard.api.errors import install_error_handlers
 from batchyard.api.guard import RequestGuard, operator_or_key
+from batchyard.api.metrics import install_request_metrics
+from batchyard.api.metrics import router as metrics_router
 from batchyard.api.routes_account import router as account_router
 from batchyard.api.routes_admin import router as admin_router
 from batchyard.api.routes_executions import router as executions_router
@@ -24,6 +28,7 @@ from batchyard.api.routes_jobs import router as jobs_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
 from batchyard.nodelock import take_node_slot
+from batchyard.runtime.alert_loop import AlertLoop
 from batchyard.runtime.dbbroker import DatabaseBroker
 from batchyard.runtime.dbrun import QueryLimits
 from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
@@ -32,6 +37,7 @@ from batchyard.runtime.mailer import JobEmailHandler
 from batchyard.runtime.netguard import install_network_guard
 from batchyard.runtime.pool import PoolTiming, WorkerPool
 from batchyard.runtime.requests import RequestHandler
+from batchyard.runtime.retention_loop import RetentionLoop, RetentionPolicy, UvCache
 from batchyard.runtime.sandbox import JobLimits, Sandbox
 from batchyard.runtime.sandbox_setup import detect_sandbox
 from batchyard.runtime.scheduler_loop import SchedulerLoop
@@ -42,6 +48,7 @@ from batchyard.sdk import JOBPATH
 from batchyard.services import queue
 from batchyard.services.context import Platform
 from batchyard.services.invoke_batcher import InvocationBatcher
+from batchyard.services.metrics import PROCESS, StoreCollector
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 from batchyard.web.console import install_console
@@ -152,10 +159,12 @@ class Server:
         placement = sandbox.placement
         assert placement is not None
         python, work_root = placement.python, placement.work_root
+        guard_table: str | None = None
         if sandbox.runs_jobs:
             # Before any attempt runs; the table outlives this process (runtime/netguard.py).
-            sandbox.add_note(install_network_guard(self.settings.job_network,
-                                                   sandbox.uid_range).description)
+            guard = install_network_guard(self.settings.job_network, sandbox.uid_range)
+            sandbox.add_note(guard.description)
+            guard_table = guard.table
         _log_sandbox(sandbox)
         smtp = SmtpConfig.from_settings(self.settings)
         mailer = SmtpMailer(smtp) if smtp is not None else None
@@ -205,8 +214,23 @@ class Server:
             max_rows=self.settings.db_max_rows,
             max_reply_bytes=self.settings.db_max_reply_bytes))
         self.supervisor.requests["db"] = self.db_broker
+        environments = self.supervisor.environments
+        self.retention = RetentionLoop(self.platform, RetentionPolicy(
+            batch_size=self.settings.retention_batch_size,
+            audit_retention_days=self.settings.audit_retention_days,
+            interval_seconds=self.settings.retention_interval_seconds), UvCache(
+                environments.uv_cache, self.settings.uv_cache_max_mb * 1024 * 1024,
+                environments.uv, environments.uv_environment))
+        self.alerts = AlertLoop(self.platform, self.settings.alerts_interval_seconds)
         # Group commit of API invocations (services/invoke_batcher.py).
         self.invocations = InvocationBatcher(self.platform)
+        # Metrics (issue 13): the store's figures at each scrape, and this process's own.
+        self.metrics = CollectorRegistry()
+        self.metrics.register(StoreCollector(self.platform, {
+            "sandbox_level": sandbox.level.value,
+            "network_guard": "on" if guard_table else "off"}))
+        self.metrics.register(PROCESS)
+        self.metrics_server: WSGIServer | None = None
         self.app = create_app(self)
 
     def start_background(self) -> None:
@@ -216,14 +240,24 @@ class Server:
                                  owner_prefix=f"{self.node_id}:")
         if swept:
             log.warning("recovered %d execution(s) interrupted by the last shutdown", swept)
+        if self.settings.metrics_port:
+            # No token on this one: it listens on loopback only.
+            self.metrics_server = start_http_server(self.settings.metrics_port, "127.0.0.1",
+                                                    self.metrics)[0]
         self.invocations.start()
         self.pool.start()
         self.delivery.start()
+        self.retention.start()
+        self.alerts.start()
         if self.scheduler is not None:
             self.scheduler.start()
 
     def stop(self) -> None:
         self.invocations.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        self.retention.stop()
+        self.alerts.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         self.pool.stop()
@@ -253,6 +287,7 @@ def create_app(server: Server) -> FastAPI:
     app.state.isolation = server.supervisor.sandbox.description
     app.state.sandbox_report = sandbox_report(server.supervisor.sandbox)
     app.state.workers = server.settings.workers
+    app.state.metrics = server.metrics
     install_error_handlers(app)
     platform = server.platform
 
@@ -261,7 +296,8 @@ def create_app(server: Server) -> FastAPI:
 
     app.add_middleware(RequestGuard,
                        credentials_valid=operator_or_key(server.operator_token, key_valid))
-    for router in (admin_router, account_router, jobs_router, executions_router):
+    install_request_metrics(app, access_log=server.settings.log_format == "json")
+    for router in (metrics_router, admin_router, account_router, jobs_router, executions_router):
         app.include_router(router)
     install_console(app, server.settings.public_url
                     or f"http://{server.settings.host}:{server.settings.port}")

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str | None = None
     host: str = "127.0.0.1"
+    # The server's own log: "text" (human-readable) or "json" (one object per line).
+    log_format: Literal["text", "json"] = "text"
     port: int = 8080
     public_url: str | None = None
     operator_token: SecretStr | None = None
@@ -50,7 +52,16 @@ class Settings(BaseSettings):
     kill_grace_seconds: float = Field(default=0.5, ge=0)
     log_cap_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     log_line_max_bytes: int = Field(default=16 * 1024, ge=256)
-    log_retention_days: int = Field(default=30, ge=1)
+    # Retention (issue 13): executions follow their plan's retention_days; the audit
+    # trail is kept this long; the retention loop deletes this many executions per
+    # transaction (short write locks) and looks again after the interval.
+    audit_retention_days: int = Field(default=365, ge=1)
+    retention_batch_size: int = Field(default=200, ge=1, le=10_000)
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
+    # How often jobs' quiet-schedule and duration alerts are checked (domain/alerts.py).
+    alerts_interval_seconds: float = Field(default=30.0, gt=0)
+    # uv's download cache (<data>/uv-cache), cleaned by the retention loop above this.
+    uv_cache_max_mb: int = Field(default=2048, ge=1)
     artifact_cap_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
     artifact_max_files: int = Field(default=100, ge=0)
     # Dependencies (SPEC 5): environments of jobs' requirements.txt, least recently used
@@ -109,6 +120,8 @@ class Settings(BaseSettings):
     job_network: Literal["public", "open"] = "public"
     # Fire scheduled jobs in this process (any number of processes may).
     scheduler: bool = True
+    # /metrics without the operator token, on 127.0.0.1 only (0: not served).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # Database access (SPEC 6): limits of each query the broker runs for a job.
     db_statement_timeout_seconds: float = Field(default=300.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -86,6 +86,18 @@ def test_the_summary_names_job_execution_status_reason_run_time_logs_and_link() 
                          "\n  ValueError: boom\n")
 
 
+def test_the_summary_shows_the_last_attempts_cpu_time_and_peak_memory_when_measured() -> None:
+    measured = ExecutionSummary(**{**SUMMARY.as_dict(), "log_tail": (), "cpu_seconds": 1.25,
+                                   "peak_memory_bytes": 210 * 1024 * 1024})
+    text = summary_text(measured, "https://by.example.com/")
+    assert "CPU time:   1.250 s (last attempt)" in text
+    assert "Peak memory: 210.0 MiB (last attempt, largest process)" in text
+    assert "CPU time" not in summary_text(SUMMARY, "https://by.example.com/")
+    # The webhook's body keeps its published shape.
+    body = json.loads(webhook_body(measured, "dlv_1", "https://by.example.com"))
+    assert "cpu_seconds" not in body["execution"]
+
+
 def test_the_subject_names_the_job_and_status_and_a_reason_other_than_error() -> None:
     assert summary_subject(SUMMARY) == "[batchyard] nightly-export: failed"
     timed_out = ExecutionSummary(**{**SUMMARY.as_dict(), "status": "timed_out",

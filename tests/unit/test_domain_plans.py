@@ -12,7 +12,8 @@ from batchyard.domain.plans import PLAN_FIELDS, Plan, apply_plan_changes, plan_f
 from batchyard.errors import InvalidInput
 
 INT_FIELDS = ["max_jobs", "max_executions_per_day", "max_invocations_per_job_per_day",
-              "max_retries", "max_code_size_bytes", "max_concurrent_executions"]
+              "max_retries", "max_code_size_bytes", "max_concurrent_executions",
+              "retention_days"]
 FLOAT_FIELDS = ["daily_runtime_budget_minutes", "min_schedule_gap_minutes",
                 "max_execution_timeout_minutes"]
 
@@ -76,18 +77,26 @@ def test_negative_values_are_refused(key: str) -> None:
         apply_plan_changes(Plan(), {key: -1})
 
 
-@pytest.mark.parametrize("key", [k for k in INT_FIELDS + FLOAT_FIELDS
-                                 if k != "max_concurrent_executions"])
+# 0 would leave an account's executions queued for ever, or delete each as it ends.
+AT_LEAST_ONE = {"max_concurrent_executions", "retention_days"}
+
+
+@pytest.mark.parametrize("key", [k for k in INT_FIELDS + FLOAT_FIELDS if k not in AT_LEAST_ONE])
 def test_zero_is_allowed(key: str) -> None:
     assert getattr(apply_plan_changes(Plan(), {key: 0}), key) == 0
 
 
-def test_an_account_runs_at_least_one_execution_at_a_time() -> None:
-    # 0 would leave every execution of the account queued for ever.
-    with pytest.raises(InvalidInput, match="at least 1"):
-        apply_plan_changes(Plan(), {"max_concurrent_executions": 0})
-    assert apply_plan_changes(Plan(), {"max_concurrent_executions": 1}) \
-        .max_concurrent_executions == 1
+@pytest.mark.parametrize("key", sorted(AT_LEAST_ONE))
+def test_zero_is_refused_where_it_would_break_the_account(key: str) -> None:
+    with pytest.raises(InvalidInput, match=r"at least 1|between 1 and"):
+        apply_plan_changes(Plan(), {key: 0})
+
+
+def test_retention_days_default_to_30_and_have_an_upper_bound() -> None:
+    assert Plan().retention_days == 30
+    assert apply_plan_changes(Plan(), {"retention_days": 400}).retention_days == 400
+    with pytest.raises(InvalidInput, match="between 1 and 36500"):
+        apply_plan_changes(Plan(), {"retention_days": 36501})
 
 
 @pytest.mark.parametrize("key", INT_FIELDS)

@@ -162,6 +162,8 @@ def put_settings(job_id: str, body: schemas.SettingsIn, actor: CurrentActor,
         data["notify"] = body.notify.model_dump(exclude_unset=True)
     if body.webhook is not None:
         data["webhook"] = body.webhook.model_dump(exclude_unset=True)
+    if body.alerts is not None:
+        data["alerts"] = body.alerts.model_dump(exclude_unset=True)
     return views.settings(jobs.update_settings(platform, actor, job_id, data).settings)
 
 

@@ -116,6 +116,11 @@ class NotifyIn(Strict):
     on_success: list[str] | None = None
 
 
+class AlertsIn(Strict):
+    late_after_minutes: float | None = None
+    max_duration_minutes: float | None = None
+
+
 class WebhookIn(Strict):
     url: str
     # Write-only: omitted keeps the current secret, null or "" removes it.
@@ -130,6 +135,8 @@ class SettingsIn(Strict):
     notify: NotifyIn | None = None
     # null removes the webhook.
     webhook: WebhookIn | None = None
+    # null removes the alerts.
+    alerts: AlertsIn | None = None
 
 
 class VariableIn(Strict):
@@ -229,6 +236,11 @@ class NotifyOut(BaseModel):
     on_success: list[str]
 
 
+class AlertsOut(BaseModel):
+    late_after_minutes: float | None
+    max_duration_minutes: float | None
+
+
 class WebhookOut(BaseModel):
     url: str
     has_secret: bool
@@ -241,6 +253,7 @@ class SettingsOut(BaseModel):
     misfire_grace_minutes: float
     notify: NotifyOut
     webhook: WebhookOut | None = None
+    alerts: AlertsOut | None = None
 
 
 class LastExecution(BaseModel):
@@ -335,6 +348,10 @@ class AttemptOut(BaseModel):
     exit_code: int | None
     error: str | None
     worker: str | None
+    # User + system CPU time of the attempt's process tree, and the largest resident size
+    # of any one of its processes (ru_maxrss from wait4); null when not measured.
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
 
 
 class ExecutionOut(BaseModel):

@@ -73,7 +73,9 @@ def execution(detail: ExecutionDetail) -> schemas.ExecutionOut:
         attempts=[schemas.AttemptOut(
             number=a.number, status=a.status, started_at=a.started_at, ended_at=a.ended_at,
             runtime_seconds=a.runtime_seconds, deadline_seconds=a.deadline_seconds,
-            exit_code=a.exit_code, error=a.error, worker=a.worker) for a in detail.attempts],
+            exit_code=a.exit_code, error=a.error, worker=a.worker,
+            cpu_seconds=a.cpu_seconds, peak_memory_bytes=a.peak_memory_bytes)
+            for a in detail.attempts],
         cancel_requested=row.cancel_requested, created_at=row.created_at,
         started_at=row.started_at, ended_at=row.ended_at,
         runtime_seconds=row.runtime_seconds)

@@ -15,6 +15,8 @@ import typer
 
 from batchyard.cli import account, kit, operate
 from batchyard.cli.common import chosen
+from batchyard.cli.ops import register as register_operations
+from batchyard.logs import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="batchyard: scheduled and API-invoked Python batch jobs.\n\n"
@@ -40,7 +42,6 @@ def serve(
     demo: Annotated[bool, typer.Option(help="Create/print the demo account and job.")] = False,
 ) -> None:
     """Run the API, the worker pool and the sweeper in one process."""
-    import logging
 
     import uvicorn
 
@@ -49,9 +50,7 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
                                    "workers": workers}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings.log_format)
     from batchyard.app import Server
     from batchyard.nodelock import DataFolderBusy
 
@@ -106,6 +105,7 @@ app.command()(operate.logs)
 app.command()(operate.artifacts)
 app.command()(operate.cancel)
 app.command()(operate.usage)
+register_operations(app)
 
 
 def main() -> None:

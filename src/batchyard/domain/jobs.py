@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from batchyard.domain.alerts import Alerts, alerts_from_dict, validate_alerts
 from batchyard.domain.plans import Plan
 from batchyard.errors import Conflict, InvalidInput, NotPublishable
 
@@ -92,6 +93,8 @@ class JobSettings:
     misfire_grace_minutes: float = 60
     notify: Notify = field(default_factory=Notify)
     webhook: Webhook | None = None
+    # Quiet-schedule and duration alerts (domain/alerts.py); None: none.
+    alerts: Alerts | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -100,6 +103,7 @@ class JobSettings:
                           "on_success": list(self.notify.on_success)}
         data["webhook"] = None if self.webhook is None else {
             "url": self.webhook.url, "secret": self.webhook.secret}
+        data["alerts"] = None if self.alerts is None else self.alerts.as_dict()
         return data
 
     def public_dict(self) -> dict[str, Any]:
@@ -119,6 +123,7 @@ def settings_from_dict(data: dict[str, Any] | None) -> JobSettings:
     data = dict(data or {})
     notify = data.pop("notify", None) or {}
     webhook = data.pop("webhook", None)
+    alerts = alerts_from_dict(data.pop("alerts", None))
     known = {k: v for k, v in data.items()
              if k in {"timeout_minutes", "retries", "concurrency", "misfire_grace_minutes"}}
     if "concurrency" in known:
@@ -127,7 +132,8 @@ def settings_from_dict(data: dict[str, Any] | None) -> JobSettings:
                    notify=Notify(tuple(notify.get("on_failure", ())),
                                  tuple(notify.get("on_success", ()))),
                    webhook=Webhook(str(webhook["url"]), webhook.get("secret"))
-                   if isinstance(webhook, dict) and webhook.get("url") else None)
+                   if isinstance(webhook, dict) and webhook.get("url") else None,
+                   alerts=alerts)
 
 
 def _number(value: object, name: str) -> float:
@@ -203,6 +209,9 @@ def apply_settings_changes(current: JobSettings, changes: dict[str, Any],
     for key, value in changes.items():
         if key == "webhook":
             updates[key] = None if value is None else _webhook(value, current.webhook, seal)
+            continue
+        if key == "alerts":  # null removes them, like the webhook
+            updates[key] = validate_alerts(value)
             continue
         if value is None:
             continue

@@ -107,6 +107,9 @@ class ExecutionSummary:
     ended_at: str | None
     runtime_seconds: float
     log_tail: tuple[str, ...] = ()
+    # The last attempt's CPU time and peak memory (None: not measured; older outbox rows).
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -151,6 +154,7 @@ def summary_text(summary: ExecutionSummary, public_url: str) -> str:
         f"Started:    {summary.started_at or '-'}",
         f"Ended:      {summary.ended_at or '-'}",
         f"Run time:   {summary.runtime_seconds:.3f} s",
+        *resource_lines(summary),
         f"Details:    {execution_link(public_url, summary.execution_id)}",
         "",
     ]
@@ -162,13 +166,26 @@ def summary_text(summary: ExecutionSummary, public_url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def resource_lines(summary: ExecutionSummary) -> list[str]:
+    """The last attempt's CPU time and peak memory, when they were measured."""
+    lines = []
+    if summary.cpu_seconds is not None:
+        lines.append(f"CPU time:   {summary.cpu_seconds:.3f} s (last attempt)")
+    if summary.peak_memory_bytes is not None:
+        lines.append(f"Peak memory: {summary.peak_memory_bytes / (1024 * 1024):.1f} MiB "
+                     "(last attempt, largest process)")
+    return lines
+
+
 def webhook_event(status: str) -> str:
     return f"execution.{status}"
 
 
 def webhook_body(summary: ExecutionSummary, delivery_id: str, public_url: str) -> bytes:
     """The JSON a webhook receives: stable key order, so every retry sends the same bytes."""
-    execution = {key: value for key, value in summary.as_dict().items() if key != "log_tail"}
+    # The webhook's body is a published contract: the resource figures stay in the e-mail.
+    execution = {key: value for key, value in summary.as_dict().items()
+                 if key not in ("log_tail", "cpu_seconds", "peak_memory_bytes")}
     execution["id"] = execution.pop("execution_id")
     execution["url"] = execution_link(public_url, summary.execution_id)
     payload = {"event": webhook_event(summary.status), "delivery_id": delivery_id,

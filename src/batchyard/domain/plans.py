@@ -26,6 +26,9 @@ class Plan:
     # Beyond the seed: attempts of the account running at once; further executions wait
     # queued (not blocked), so one account cannot hold every worker slot.
     max_concurrent_executions: int = 2
+    # Executions (with their attempts, logs, artifacts and deliveries) older than this
+    # many days are deleted by the retention loop (runtime/retention_loop.py).
+    retention_days: int = 30
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,7 +39,8 @@ class Plan:
 
 
 _INT_FIELDS = {"max_jobs", "max_executions_per_day", "max_invocations_per_job_per_day",
-               "max_retries", "max_code_size_bytes", "max_concurrent_executions"}
+               "max_retries", "max_code_size_bytes", "max_concurrent_executions",
+               "retention_days"}
 _FLOAT_FIELDS = {"daily_runtime_budget_minutes", "min_schedule_gap_minutes",
                  "max_execution_timeout_minutes"}
 PLAN_FIELDS = tuple(f.name for f in fields(Plan))
@@ -71,6 +75,10 @@ def apply_plan_changes(plan: Plan, changes: dict[str, Any]) -> Plan:
         if key == "max_concurrent_executions" and value < 1:
             # 0 would leave every execution of the account queued for ever.
             raise InvalidInput("plan.max_concurrent_executions must be at least 1",
+                               field=f"plan.{key}")
+        if key == "retention_days" and not 1 <= value <= 36500:
+            # 0 would delete every execution as soon as it ends.
+            raise InvalidInput("plan.retention_days must be between 1 and 36500",
                                field=f"plan.{key}")
         if key in _INT_FIELDS:
             value = int(value)

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from batchyard.domain.alerts import AlertNotice, alert_subject_line, alert_text, alert_webhook_body
 from batchyard.domain.notifications import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -156,14 +157,24 @@ class DeliveryLoop(Driver):
         if self.mailer is None:
             raise DeliveryFailure("no SMTP server is configured (BATCHYARD_SMTP_HOST)",
                                   permanent=True)
+        if "alert" in delivery.payload:  # a job's alert (services/alerts.py)
+            notice = AlertNotice.from_dict(delivery.payload["alert"])
+            self.mailer.send(OutgoingEmail(to=tuple(delivery.payload["to"]),
+                                           subject=alert_subject_line(notice),
+                                           body=alert_text(notice)))
+            return
         summary = ExecutionSummary.from_dict(delivery.payload["summary"])
         self.mailer.send(OutgoingEmail(
             to=tuple(delivery.payload["to"]), subject=summary_subject(summary),
             body=summary_text(summary, self.public_url)))
 
     def _send_webhook(self, delivery: ClaimedDelivery) -> None:
-        summary = ExecutionSummary.from_dict(delivery.payload["summary"])
-        body = webhook_body(summary, delivery.id, self.public_url)
+        if "alert" in delivery.payload:
+            body = alert_webhook_body(AlertNotice.from_dict(delivery.payload["alert"]),
+                                      delivery.id)
+        else:
+            summary = ExecutionSummary.from_dict(delivery.payload["summary"])
+            body = webhook_body(summary, delivery.id, self.public_url)
         headers = {EVENT_HEADER: delivery.event, DELIVERY_HEADER: delivery.id}
         sealed = delivery.payload.get("secret")
         if sealed:

@@ -21,6 +21,7 @@ replies) and the one running gets a bounded time to end.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from batchyard.logs import EXECUTION_ID
 from batchyard.services.queue import ClaimedAttempt
 
 log = logging.getLogger(__name__)
@@ -146,7 +148,10 @@ class RequestDispatcher:
         with self._ready:
             if self._worker is not None:
                 return
-            worker = threading.Thread(target=self._work, daemon=True,
+            # The server's log lines about these requests name the execution (logs.py).
+            context = contextvars.copy_context()
+            context.run(EXECUTION_ID.set, self._attempt.execution_id)
+            worker = threading.Thread(target=context.run, args=(self._work,), daemon=True,
                                       name=f"requests-{self._attempt.execution_id}")
             try:
                 worker.start()

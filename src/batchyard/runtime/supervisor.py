@@ -36,12 +36,14 @@ from batchyard.errors import (
     internal_error_message,
     new_reference,
 )
+from batchyard.logs import execution_context
 from batchyard.runtime.diskwatch import describe_violation, disk_usage
 from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.logsink import LogSink, LogWriter
 from batchyard.runtime.processes import kill_group_now, kill_tree, process_table
 from batchyard.runtime.pump import OutputPump, Part
 from batchyard.runtime.requests import Reply, RequestDispatcher, RequestHandler
+from batchyard.runtime.resources import UsageMeter, wait_with_usage
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
 from batchyard.runtime.workspace import SetupTimedOut, collect_outputs, create_workspace
 from batchyard.services.queue import AttemptResult, ClaimedAttempt
@@ -153,7 +155,9 @@ class Supervisor:
         with self._lock:
             self._running[key] = stops
         try:
-            return self._run(attempt, write_logs, stops)
+            # Server log lines about this attempt carry its execution id (logs.py).
+            with execution_context(attempt.execution_id):
+                return self._run(attempt, write_logs, stops)
         finally:
             with self._lock:
                 if self._running.get(key) is stops:
@@ -311,6 +315,8 @@ class Supervisor:
         # job sees EOF (and kills its group) the moment this server dies.
         liveness_read, liveness_write = os.pipe()
         started = time.monotonic()
+        # Resource figures: under bubblewrap wait4 does not see the job (resources.py).
+        meter = UsageMeter(waited_sees_job=not confinement.bubblewrap)
         try:
             # Sandbox: bwrap (or nothing) around the interpreter, the limits prelude before
             # the boot command.
@@ -389,12 +395,17 @@ class Supervisor:
                            (parent_end.fileno(), "channel", CHANNEL_LINE_LIMIT)],
                           on_line, tick, LOG_FLUSH_SECONDS)
         pump.start()
+        meter.watch(process.pid)
+        waited = None
         try:
-            exit_code = confinement.exit_status(process.wait())
+            # Resource figures: wait4 gives the tree's CPU time and peak memory (resources.py).
+            status, waited = wait_with_usage(process)
+            exit_code = confinement.exit_status(status)
         finally:
             timer.cancel()
             os.close(liveness_write)
             stops.detach()
+            usage = meter.finish(waited)
         runtime = time.monotonic() - started
         # Whatever the job left behind in its group goes with it.
         kill_group_now(process.pid)
@@ -416,7 +427,9 @@ class Supervisor:
         sink.add("log", f"batchyard: attempt {attempt.number} ended: {outcome.value}"
                  + (f" ({error})" if error else "") + f" after {runtime:.3f} s", "info")
         return AttemptResult(outcome, runtime, exit_code, error, datetime.now(UTC),
-                             outputs.files)
+                             outputs.files,
+                             cpu_seconds=usage.cpu_seconds if usage else None,
+                             peak_memory_bytes=usage.peak_memory_bytes if usage else None)
 
     @staticmethod
     def _send_context(process: subprocess.Popen[bytes], context: dict[str, Any]) -> None:

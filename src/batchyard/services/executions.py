@@ -216,4 +216,6 @@ def usage(platform: Platform, actor: Actor, day: date | None) -> dict[str, Any]:
                          "runtime_seconds": usage_row.runtime_seconds,
                          "limit": plan.max_invocations_per_job_per_day}
                         for usage_row, name in per_job],
+            # Retention in force (SPEC §3): executions older than this are deleted.
+            "retention": {"days": plan.retention_days},
         }

@@ -34,7 +34,7 @@ from batchyard.errors import BatchyardError
 from batchyard.services.context import Actor, Platform
 from batchyard.services.ids import new_id
 from batchyard.store import scoped
-from batchyard.store.models import Delivery, Execution, LogLine, UTCDateTime
+from batchyard.store.models import Attempt, Delivery, Execution, LogLine, UTCDateTime
 
 EMAIL = "email"
 WEBHOOK = "webhook"
@@ -97,6 +97,11 @@ def enqueue_execution_end(platform: Platform, session: Session, account_id: str,
         select(LogLine.message).where(LogLine.account_id == row.account_id,
                                       LogLine.execution_id == execution_id)
         .order_by(LogLine.seq.desc()).limit(20)))
+    # Resource figures: the last attempt's, as it is the one the status is about.
+    figures = session.execute(
+        select(Attempt.cpu_seconds, Attempt.peak_memory_bytes)
+        .where(Attempt.account_id == row.account_id, Attempt.execution_id == execution_id)
+        .order_by(Attempt.number.desc()).limit(1)).first()
     summary = ExecutionSummary(
         execution_id=execution_id, job_id=row.job_id, job_name=row.job_name,
         status=row.status, reason=row.reason, message=row.message, source=row.source,
@@ -104,7 +109,9 @@ def enqueue_execution_end(platform: Platform, session: Session, account_id: str,
         started_at=row.started_at.isoformat() if row.started_at else None,
         ended_at=row.ended_at.isoformat() if row.ended_at else None,
         runtime_seconds=float(row.runtime_seconds or 0.0),
-        log_tail=log_tail(reversed(tail))).as_dict()
+        log_tail=log_tail(reversed(tail)),
+        cpu_seconds=figures.cpu_seconds if figures else None,
+        peak_memory_bytes=figures.peak_memory_bytes if figures else None).as_dict()
     now = platform.clock.now()
     base = {"account_id": row.account_id, "execution_id": execution_id,
             "event": webhook_event(row.status), "status": PENDING, "attempts": 0,
@@ -136,7 +143,7 @@ def _owes_anything(status: str, settings: JobSettings) -> bool:
 class ClaimedDelivery:
     id: str
     account_id: str
-    execution_id: str
+    execution_id: str | None
     kind: str
     event: str
     payload: dict[str, Any]

@@ -31,7 +31,7 @@ from batchyard.domain.executions import (
 from batchyard.domain.jobs import JobSettings
 from batchyard.domain.plans import plan_from_dict
 from batchyard.errors import internal_error_message, new_reference
-from batchyard.services import notifications
+from batchyard.services import metrics, notifications
 from batchyard.services.context import Platform
 from batchyard.services.revisions import PublishedCode, PublishedRevision
 from batchyard.services.secrets import SecretUndecryptable
@@ -114,6 +114,9 @@ class AttemptResult:
     # A failure no retry would mend (domain.executions.DEPENDENCY_INSTALL_FAILED): it ends
     # the execution and becomes its reason.
     final_failure: str | None = None
+    # What the attempt's processes used (runtime/resources.py); None: not measured.
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
 
 
 @functools.cache
@@ -215,7 +218,7 @@ def _claim_statement() -> Any:
     # The status condition makes the claim exclusive even without SKIP LOCKED.
     columns = ("id", "account_id", "job_id", "job_name", "revision", "attempt_count",
                "reserved_seconds", "account_day", "params", "source", "log_seq", "log_bytes",
-               "log_truncated")
+               "log_truncated", "created_at")
     return (update(_EXECUTION)
             .where(_EXECUTION.c.id == bindparam("eid"), _EXECUTION.c.status == "queued")
             .values(status="running", attempt_count=_EXECUTION.c.attempt_count + 1,
@@ -275,6 +278,8 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
         "account_id": execution["account_id"], "execution_id": execution["id"],
         "number": number, "status": "running", "account_day": day, "started_at": now,
         "deadline_seconds": deadline, "worker": worker})
+    if number == 1:
+        metrics.observe_start((now - execution["created_at"]).total_seconds())
     return ClaimedAttempt(
         execution_id=execution["id"], account_id=execution["account_id"],
         job_id=execution["job_id"], job_name=execution["job_name"], number=number,
@@ -366,7 +371,8 @@ _END_ATTEMPT = update(_ATTEMPT).where(
          runtime_seconds=case(
              (bindparam("p_runtime") > _ATTEMPT.c.deadline_seconds, _ATTEMPT.c.deadline_seconds),
              else_=bindparam("p_runtime")),
-         exit_code=bindparam("p_exit"),
+         exit_code=bindparam("p_exit"), cpu_seconds=bindparam("p_cpu"),
+         peak_memory_bytes=bindparam("p_memory"),
          error=bindparam("p_error")).returning(_ATTEMPT.c.account_day, _ATTEMPT.c.runtime_seconds)
 _CHARGE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
     runtime_seconds=_EXECUTION.c.runtime_seconds + bindparam("p_runtime"),
@@ -481,7 +487,9 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     day, charged = connection.execute(_END_ATTEMPT, {
         "eid": execution_id, "num": number, "p_status": result.outcome.value,
         "p_ended": result.ended_at, "p_runtime": result.runtime_seconds,
-        "p_exit": result.exit_code, "p_error": result.error}).one()
+        "p_exit": result.exit_code, "p_error": result.error,
+        "p_cpu": result.cpu_seconds, "p_memory": result.peak_memory_bytes}).one()
+    metrics.observe_run(charged)
     account_id, job_id, revision, cancel_requested, reserved = connection.execute(
         _CHARGE, {"eid": execution_id, "p_runtime": charged}).one()
     # Run time is charged, and the attempt's reservation (strict mode) given back, on the
@@ -552,6 +560,8 @@ def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | Non
                 "The worker running this attempt stopped (server restart or lost worker).",
                 now))
             swept += 1
+            if owner_prefix is None:
+                metrics.LEASE_EXPIRIES.inc()
     if swept:
         platform.on_queued()
     return swept

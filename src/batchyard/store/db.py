@@ -78,6 +78,45 @@ class Database:
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+        if self.is_sqlite:
+            self._use_incremental_vacuum()
+
+    def _use_incremental_vacuum(self) -> None:
+        """Retention: freed pages go back to the file system (SPEC §3, issue 13).
+
+        A new file gets ``auto_vacuum=INCREMENTAL`` at its first connection; a file made
+        before that needs one ``VACUUM`` to switch, which cannot run in a transaction
+        (so not in the migration itself): done here once, the first start after 0006.
+        """
+        # The raw connection: SQLAlchemy's "begin" hook would open a transaction first.
+        raw = self.engine.raw_connection()
+        try:
+            if raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                raw.execute("VACUUM")
+        finally:
+            raw.close()
+
+    def give_back_space(self, pages: int = 2000) -> int:
+        """Return up to ``pages`` free pages to the file system; how many were free before.
+
+        SQLite only (PostgreSQL's autovacuum reuses the space of deleted rows). A small
+        step holds the write lock briefly, like retention's own batches.
+        """
+        if not self.is_sqlite:
+            return 0
+        with self._write_lock:
+            raw = self.engine.raw_connection()
+            try:
+                free = int(raw.execute("PRAGMA freelist_count").fetchone()[0])
+                if free:
+                    # executescript steps the pragma to its end; execute() frees one page.
+                    raw.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+                    # The file shrinks when the WAL is written back: try now, blocking no one.
+                    raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                return free
+            finally:
+                raw.close()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -89,6 +128,8 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         # Let SQLAlchemy's "begin" event, not the driver, decide how transactions start.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # Takes effect on a new, empty file only (an existing one: see _use_incremental_vacuum).
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")

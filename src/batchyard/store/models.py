@@ -164,6 +164,8 @@ class Execution(Base):
         Index("ix_executions_account_day", "account_id", "account_day"),
         # Admission counts a job's queued/running executions on every invocation.
         Index("ix_executions_job_status", "job_id", "status"),
+        # Retention: an account's oldest executions first.
+        Index("ix_executions_account_created", "account_id", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
@@ -224,6 +226,9 @@ class Attempt(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # CPU time and peak resident size of the attempt's processes (runtime/resources.py).
+    cpu_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class LogLine(Base):
@@ -278,7 +283,8 @@ class JobUsageDay(Base):
 
 class AuditEntry(Base):
     __tablename__ = "audit"
-    __table_args__ = (Index("ix_audit_account_id", "account_id", "id"),)
+    __table_args__ = (Index("ix_audit_account_id", "account_id", "id"),
+                      Index("ix_audit_at", "at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     at: Mapped[datetime]
@@ -302,10 +308,14 @@ class Delivery(Base):
         # The delivery loop's work list: due pending rows, by index.
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_account_execution", "account_id", "execution_id"),
+        # Retention deletes executions: their deliveries by execution alone.
+        Index("ix_deliveries_execution", "execution_id"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
-    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id"))
+    # None: an alert about a job (domain/alerts.py), not about one execution.
+    execution_id: Mapped[str | None] = mapped_column(ForeignKey("executions.id"),
+                                                     nullable=True)
     kind: Mapped[str] = mapped_column(String(16))
     event: Mapped[str] = mapped_column(String(40))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -358,3 +368,19 @@ class SignInFailure(Base):
     key: Mapped[str] = mapped_column(String(300))
     # Indexed: failures older than the window are deleted at each new one.
     at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AlertIncident(Base):
+    """An alert's incident (domain/alerts.py): opened once, recovered once."""
+
+    __tablename__ = "alert_incidents"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "subject"),
+                      Index("ix_alert_incidents_open", "job_id", "recovered_at"))
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    # The missed instant (ISO) or the overlong execution's id.
+    subject: Mapped[str] = mapped_column(String(64))
+    opened_at: Mapped[datetime]
+    recovered_at: Mapped[datetime | None] = mapped_column(nullable=True)

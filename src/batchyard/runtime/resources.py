@@ -1,0 +1,138 @@
+"""What an attempt's processes used: CPU time and peak memory.
+
+Peak memory is always the largest resident size of any single process of the attempt
+(not the sum of the tree); CPU time is user + system of the whole tree.
+
+- rlimits launcher (and unconfined): ``wait4`` of the spawned child, which is the job's
+  interpreter: its own usage plus that of every descendant it reaped. Exact; a process
+  that escaped the tree (``setsid`` + double fork) is not counted. ``ru_maxrss`` keeps
+  the high-water mark of the memory the child was forked from (the server's, through
+  exec): when it is not above the server's own peak, the sampled peak (below) is used.
+- bubblewrap: ``wait4`` of bwrap sees nothing of the job (bwrap returns as soon as its
+  PID-namespace init reports the job's exit, and nobody it waits for reaps that init),
+  so the tree under bwrap is sampled from /proc every ``SAMPLE_SECONDS`` (at both
+  levels, for the peak): CPU time is the sum over live processes of their own and their
+  reaped children's time (each second of CPU is in exactly one of them), peak memory
+  the largest ``VmHWM`` seen. The last sample is at most ``SAMPLE_SECONDS`` before the
+  end, so that much CPU may be missed, and a process living shorter than that only
+  counts through its parent's figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+SAMPLE_SECONDS = 0.05
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    cpu_seconds: float
+    peak_memory_bytes: int
+
+
+def wait_with_usage(process: subprocess.Popen[bytes]) -> tuple[int, ResourceUsage | None]:
+    """Block until the child ends (no polling) and return its exit status and usage.
+
+    The child is reaped here with ``wait4`` rather than by ``Popen.wait`` (which discards
+    the usage), so ``returncode`` is set by hand; should the child already have been
+    reaped elsewhere, its status is taken from the ``Popen`` and the usage is unknown.
+    """
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except ChildProcessError:
+        return process.wait(), None
+    process.returncode = os.waitstatus_to_exitcode(status)
+    # Linux reports ru_maxrss in KiB.
+    return process.returncode, ResourceUsage(
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        peak_memory_bytes=int(usage.ru_maxrss) * 1024)
+
+
+class TreeSampler:
+    """Samples a process tree's CPU time and peak memory from /proc until stopped."""
+
+    def __init__(self, root: int, interval: float = SAMPLE_SECONDS) -> None:
+        self._root = root
+        self._interval = interval
+        self._stop = threading.Event()
+        self._cpu_ticks = 0
+        self._peak_kib = 0
+        self._thread = threading.Thread(target=self._run, name=f"usage-{root}", daemon=True)
+
+    def start(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> ResourceUsage:
+        self._stop.set()
+        self._thread.join()
+        return ResourceUsage(cpu_seconds=self._cpu_ticks / _TICKS,
+                             peak_memory_bytes=self._peak_kib * 1024)
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self._interval):
+                return
+
+    def _sample(self) -> None:
+        ticks = 0
+        stack = [self._root]
+        seen: set[int] = set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            base = Path(f"/proc/{pid}")
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # utime, stime, cutime, cstime: fields 14-17, after the command in ()
+                fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks += sum(int(value) for value in fields[11:15])
+                for line in (base / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self._peak_kib = max(self._peak_kib, int(line.split()[1]))
+                        break
+                for task in (base / "task").iterdir():
+                    with contextlib.suppress(OSError, ValueError):
+                        stack.extend(int(c) for c in (task / "children").read_text().split())
+        # A sample taken while the tree is ending sees less (a process gone between two
+        # reads): keep the largest.
+        self._cpu_ticks = max(self._cpu_ticks, ticks)
+
+
+class UsageMeter:
+    """One attempt's figures: ``wait4`` where it sees the job, the /proc samples elsewhere."""
+
+    def __init__(self, waited_sees_job: bool) -> None:
+        self._waited_sees_job = waited_sees_job
+        # What a forked child's ru_maxrss starts from (see the module's notes).
+        self._inherited_kib = _own_peak_kib()
+        self._sampler: TreeSampler | None = None
+
+    def watch(self, pid: int) -> None:
+        self._sampler = TreeSampler(pid).start()
+
+    def finish(self, waited: ResourceUsage | None) -> ResourceUsage | None:
+        sampled = self._sampler.stop() if self._sampler is not None else None
+        if not self._waited_sees_job or waited is None:
+            return sampled
+        peak = waited.peak_memory_bytes
+        if peak <= self._inherited_kib * 1024 and sampled is not None:
+            peak = sampled.peak_memory_bytes
+        return ResourceUsage(cpu_seconds=waited.cpu_seconds, peak_memory_bytes=peak)
+
+
+def _own_peak_kib() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0

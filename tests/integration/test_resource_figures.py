@@ -1,0 +1,126 @@
+"""Each attempt's CPU time and peak memory, at both isolation levels, from real jobs.
+
+The measure (runtime/resources.py): ``wait4`` of the spawned child, so the whole tree the
+child reaped; peak memory is the largest resident size of one process, CPU time is user +
+system of all of them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batchyard.app import Server, job_python
+from batchyard.config import Settings
+from batchyard.domain.executions import AttemptOutcome
+from batchyard.runtime.sandbox import SandboxUnavailable
+from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+
+pytestmark = pytest.mark.timeout(120)
+
+MIB = 1024 * 1024
+UID_BASE = 2_100_500_000
+
+# 200 MiB written (so resident, not only reserved), then CPU until the process has used
+# 1 s in all (the allocation's page faults included: on a busy host they cost a lot more).
+ALLOCATE_AND_BURN = """
+import time
+def main():
+    block = b"x" * (200 * 1024 * 1024)
+    while time.process_time() < 1.0:
+        pass
+    print(len(block))
+"""
+# The same CPU second spent by a child process the job waits for: the tree is counted.
+BURN_IN_A_CHILD = """
+import subprocess, sys
+def main():
+    subprocess.run([sys.executable, "-c",
+        "import time\\ns = time.process_time()\\nwhile time.process_time() - s < 1.0: pass"],
+        check=True)
+"""
+
+
+def _attempt(main_py: str) -> ClaimedAttempt:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("main.py", main_py)
+    return ClaimedAttempt(
+        execution_id=f"exe_{secrets.token_hex(4)}", account_id="acc_test", job_id="job_test",
+        job_name="test", number=1, worker="test/0", revision=1, code=buffer.getvalue(),
+        main_parameters=0, requirements=None, variables={}, secret_values=(),
+        deadline_seconds=60, timeout_seconds=60, params={"body": {}}, source="api",
+        database_access=False, log_seq=0, log_bytes=0, log_truncated=False)
+
+
+def _run(server: Server, main_py: str) -> AttemptResult:
+    stored: list[LogRecord] = []
+    result = server.supervisor.run(_attempt(main_py), lambda batch, *_: stored.extend(batch)
+                                   or True)
+    assert result.logs is not None
+    stored.extend(result.logs.records)
+    assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, stored)
+    return result
+
+
+def _server(base: Path, mode: str, python: str | None) -> Server:
+    return Server(Settings(data_dir=base / "data", workers=1, sandbox=mode,  # type: ignore[arg-type]
+                           python=python, job_memory_bytes=1024 * MIB,
+                           sandbox_uid_base=UID_BASE, job_network="open"))
+
+
+def _python_for_job_uids() -> str | None:
+    for candidate in (job_python(None), "/usr/bin/python3.11", "/usr/local/bin/python3.11"):
+        if os.path.exists(candidate) and all(os.stat(parent).st_mode & 0o001
+                             for parent in Path(os.path.realpath(candidate)).parents):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module", params=["bubblewrap", "rlimits"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    base = Path(tempfile.mkdtemp(prefix="batchyard-resources-"))
+    os.chmod(base, 0o755)
+    try:
+        if request.param == "bubblewrap":
+            if shutil.which("bwrap") is None:
+                pytest.skip("bwrap is not installed (Debian package bubblewrap)")
+            try:
+                chosen = _server(base, "bubblewrap", None)
+            except SandboxUnavailable as exc:
+                pytest.skip(f"bubblewrap cannot run here: {exc.message}")
+        else:
+            if os.geteuid() != 0:
+                pytest.skip("the rlimits level switches uids only when the server is root")
+            python = _python_for_job_uids()
+            if python is None:
+                pytest.skip("no interpreter on this machine that an unprivileged uid can run")
+            chosen = _server(base, "none", python)
+        yield chosen
+        chosen.db.dispose()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_200_mib_and_one_cpu_second_are_reported_within_10_and_20_percent(
+        server: Server) -> None:
+    result = _run(server, ALLOCATE_AND_BURN)
+    assert result.peak_memory_bytes is not None and result.cpu_seconds is not None
+    assert abs(result.peak_memory_bytes - 200 * MIB) <= 20 * MIB, result.peak_memory_bytes
+    assert abs(result.cpu_seconds - 1.0) <= 0.2, result.cpu_seconds
+
+
+def test_cpu_time_of_a_child_process_counts(server: Server) -> None:
+    result = _run(server, BURN_IN_A_CHILD)
+    assert result.cpu_seconds is not None
+    assert 0.9 <= result.cpu_seconds <= 1.4, result.cpu_seconds
+    # Peak memory is one process's: two small interpreters stay small.
+    assert result.peak_memory_bytes is not None and result.peak_memory_bytes < 100 * MIB
