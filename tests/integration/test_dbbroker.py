@@ -25,6 +25,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import make_url
 
+from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.domain.clock import FixedClock
 from batchyard.errors import InvalidInput
 from batchyard.runtime.dbbroker import DatabaseBroker, EnginePools
@@ -32,7 +33,6 @@ from batchyard.runtime.dbrun import QueryLimits
 from batchyard.runtime.requests import LOG_NOTE, RequestDispatcher
 from batchyard.services import accounts
 from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 from batchyard.store.models import Account

@@ -10,10 +10,11 @@ from dataclasses import replace
 
 import pytest
 
+from batchyard.domain.attempts import AttemptResult
 from batchyard.runtime.pool import finish_with_retries
 from batchyard.services import executions, invoke
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import AttemptResult, claim_next_execution, finish_attempt
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.store.db import Database
 from batchyard.store.models import Account, Job
 

@@ -29,6 +29,7 @@ import pytest
 
 from batchyard.app import Server
 from batchyard.config import Settings
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.netguard import (
     find_nft,
@@ -37,7 +38,6 @@ from batchyard.runtime.netguard import (
     table_name,
 )
 from batchyard.runtime.sandbox import SandboxUnavailable
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogBatch, LogRecord
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.domain.notifications import signature
@@ -43,14 +44,7 @@ from batchyard.runtime.smtp import (
 from batchyard.runtime.webhooks import WebhookPoster
 from batchyard.services import executions, invoke, notifications
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import (
-    AttemptResult,
-    ClaimedAttempt,
-    LogBatch,
-    LogRecord,
-    claim_next_execution,
-    finish_attempt,
-)
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.store.models import Account, Delivery, Job
 
 Result = Callable[..., AttemptResult]

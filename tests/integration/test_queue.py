@@ -11,16 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord, OutputFile
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.errors import Conflict, Forbidden, NotFound
 from batchyard.services import accounts, audit, executions, invoke, jobs
 from batchyard.services.context import Actor, Platform
 from batchyard.services.queue import (
-    AttemptResult,
-    ClaimedAttempt,
-    LogRecord,
-    OutputFile,
     append_logs,
     claim_next_execution,
     finish_attempt,

@@ -26,6 +26,7 @@ import pytest
 
 from batchyard.app import Server, job_python
 from batchyard.config import Settings
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.jobroot import SYSTEM_PYTHONS
 from batchyard.runtime.sandbox import (
@@ -36,7 +37,6 @@ from batchyard.runtime.sandbox import (
     explain_failure,
 )
 from batchyard.runtime.sandbox_setup import detect_sandbox
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
 
 pytestmark = pytest.mark.timeout(120)
 

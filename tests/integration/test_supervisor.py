@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from batchyard.app import job_python
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
 
 
 def zipped(main_py: str) -> bytes:

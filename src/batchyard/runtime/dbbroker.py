@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
+from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.errors import BatchyardError
 from batchyard.runtime.dbguard import ATTEMPT_ENDED, QueryStopped, RequestGuard
 from batchyard.runtime.dbrun import QueryLimits, QueryRefused, create_query_engine, run_query
@@ -36,7 +37,6 @@ from batchyard.runtime.dbvalues import ReplyTooLarge
 from batchyard.runtime.requests import LOG_NOTE, Reply
 from batchyard.services import databases
 from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt
 
 log = logging.getLogger(__name__)
 

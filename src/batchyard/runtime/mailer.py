@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.domain.notifications import EMAILS_PER_EXECUTION, header_text
 from batchyard.runtime.requests import Reply
 from batchyard.runtime.smtp import Attachment, DeliveryFailure, Mailer, OutgoingEmail
 from batchyard.services import notifications
 from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt
 
 log = logging.getLogger("batchyard.mail")
 

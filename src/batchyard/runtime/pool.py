@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.logsink import LogWriter
 from batchyard.runtime.supervisor import Supervisor
 from batchyard.services import queue
 from batchyard.services.context import Platform
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
 
 log = logging.getLogger("batchyard.worker")
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchyard.services.queue import ClaimedAttempt
+from batchyard.domain.attempts import ClaimedAttempt
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt
 from batchyard.domain.executions import (
     DEPENDENCY_INSTALL_FAILED,
     SANDBOX_UNAVAILABLE,
@@ -44,7 +45,6 @@ from batchyard.runtime.pump import OutputPump, Part
 from batchyard.runtime.requests import Reply, RequestDispatcher, RequestHandler
 from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
 from batchyard.runtime.workspace import SetupTimedOut, collect_outputs, create_workspace
-from batchyard.services.queue import AttemptResult, ClaimedAttempt
 
 log = logging.getLogger("batchyard.supervisor")
 # A constant, not generated source: the job path comes in as argv[1].
