@@ -30,7 +30,8 @@ from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
 from batchyard.runtime.envcache import EnvCache
 from batchyard.runtime.mailer import JobEmailHandler
 from batchyard.runtime.netguard import install_network_guard
-from batchyard.runtime.pool import PoolTiming, WorkerPool
+from batchyard.runtime.pool import PoolTiming, Sweeper, WorkerPool
+from batchyard.runtime.port_local import LocalPort
 from batchyard.runtime.requests import RequestHandler
 from batchyard.runtime.sandbox import JobLimits, Sandbox
 from batchyard.runtime.sandbox_setup import detect_sandbox
@@ -178,12 +179,14 @@ class Server:
             self.settings.env_cache_max_mb * 1024 * 1024,
             self.settings.env_install_timeout_seconds)
         boot = secrets.token_hex(3)
-        self.pool = WorkerPool(self.platform, self.supervisor, f"{self.node_id}:{boot}",
-                               self.settings.workers, PoolTiming(
-                                   poll_interval=self.settings.poll_interval_seconds,
-                                   lease_seconds=self.settings.lease_seconds,
-                                   heartbeat_seconds=self.settings.heartbeat_seconds,
-                                   sweep_interval=self.settings.sweep_interval_seconds))
+        timing = PoolTiming(poll_interval=self.settings.poll_interval_seconds,
+                            lease_seconds=self.settings.lease_seconds,
+                            heartbeat_seconds=self.settings.heartbeat_seconds,
+                            sweep_interval=self.settings.sweep_interval_seconds)
+        self.pool = WorkerPool(LocalPort(self.platform), self.supervisor,
+                               f"{self.node_id}:{boot}", self.settings.workers, timing,
+                               self.platform.clock.now)
+        self.sweeper = Sweeper(self.platform, timing)
         self.platform.on_queued = self.pool.wake
         self.platform.on_cancel = self.pool.cancel
         self.delivery = DeliveryLoop(
@@ -217,6 +220,7 @@ class Server:
             log.warning("recovered %d execution(s) interrupted by the last shutdown", swept)
         self.invocations.start()
         self.pool.start()
+        self.sweeper.start()
         self.delivery.start()
         if self.scheduler is not None:
             self.scheduler.start()
@@ -225,6 +229,7 @@ class Server:
         self.invocations.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+        self.sweeper.stop()
         self.pool.stop()
         # After the pool, whose last closes write outbox rows: what is not sent by now
         # waits in the outbox for the next start.

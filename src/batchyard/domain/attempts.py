@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from batchyard.domain.executions import AttemptOutcome
 
@@ -77,3 +77,30 @@ class AttemptResult:
     # A failure no retry would mend (domain.executions.DEPENDENCY_INSTALL_FAILED): it ends
     # the execution and becomes its reason.
     final_failure: str | None = None
+
+
+class WorkerPort(Protocol):
+    """The worker side's one way to the control plane: claim an attempt, keep its lease,
+    store its logs, record its end. Two implementations: in-process SQL
+    (runtime/port_local.py, the embedded mode's path) and HTTP (runtime/port_remote.py,
+    a worker host with no database credentials). Every write after the claim is fenced by
+    the attempt's (execution, number, worker): a worker that lost its lease writes nothing.
+    Requests of job code (database queries, e-mail) are answered by the control plane too:
+    in-process by the handlers themselves, remotely through the port's ``request``.
+    """
+
+    def claim(self, worker: str, lease_seconds: float) -> ClaimedAttempt | None:
+        """The next attempt this worker may run, leased to it; None: nothing is due."""
+        ...
+
+    def renew(self, attempt: ClaimedAttempt, lease_seconds: float) -> tuple[bool, bool]:
+        """Extend the lease: (still ours, cancel requested)."""
+        ...
+
+    def append_logs(self, attempt: ClaimedAttempt, batch: LogBatch) -> bool:
+        """Store a batch of log records; False when the attempt is no longer ours."""
+        ...
+
+    def finish(self, attempt: ClaimedAttempt, result: AttemptResult) -> bool:
+        """Record the attempt's end; False when it was no longer ours (nothing written)."""
+        ...
