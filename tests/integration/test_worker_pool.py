@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import build_code_zip
 
 from batchyard.app import job_python
 from batchyard.runtime.pool import PoolTiming, WorkerPool
@@ -20,6 +19,7 @@ from batchyard.services import executions, invoke
 from batchyard.services.context import Actor, Platform
 from batchyard.store.db import Database
 from batchyard.store.models import Account, Job
+from conftest import build_code_zip
 
 
 def _alive(pid: int) -> bool:

@@ -414,7 +414,7 @@ def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptR
 
 
 def _close_attempt(platform: Platform, session: Session, execution_id: str, number: int,
-                   result: AttemptResult) -> None:
+                   result: AttemptResult, worker_lost: bool = False) -> None:
     connection = session.connection()
     day, charged = connection.execute(_END_ATTEMPT, {
         "eid": execution_id, "num": number, "p_status": result.outcome.value,
@@ -435,7 +435,7 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     cancelled = cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
     outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
     decision = after_attempt(outcome, number, settings.retries, budget_left,
-                             result.final_failure)
+                             result.final_failure, worker_lost)
     if decision.retry:
         connection.execute(_REQUEUE, {"eid": execution_id, "p_at": result.ended_at})
         return
@@ -485,10 +485,13 @@ def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | Non
                          if execution.lease_expires_at else now)
             runtime = max(0.0, min((last_seen - attempt.started_at).total_seconds(),
                                    attempt.deadline_seconds))
+            # A node taking back its previous life's attempts knows they were interrupted;
+            # an expired lease says only that the worker stopped renewing it.
             _close_attempt(platform, session, execution.id, attempt.number, AttemptResult(
                 AttemptOutcome.INTERRUPTED, runtime, None,
-                "The worker running this attempt stopped (server restart or lost worker).",
-                now))
+                "The node running this attempt restarted." if owner_prefix else
+                "The worker running this attempt stopped renewing its lease (worker lost).",
+                now), worker_lost=not owner_prefix)
             swept += 1
     if swept:
         platform.on_queued()
