@@ -107,8 +107,17 @@ class Settings(BaseSettings):
     # cannot be installed (not root, no nft) the server starts anyway and says so. "open":
     # jobs reach everything the server's host reaches.
     job_network: Literal["public", "open"] = "public"
-    # Fire scheduled jobs in this process (any number of processes may).
+    # What this process does: a comma-separated subset of api, scheduler, worker (default
+    # all: the embedded mode). Any number of each may share one PostgreSQL store.
+    roles: str = "api,scheduler,worker"
+    # Older switches, kept as aliases: scheduler=false drops the scheduler role, and
+    # workers=0 the worker role.
     scheduler: bool = True
+    # What this process's worker advertises (e.g. "gpu,region=eu"); a job whose
+    # worker_labels are not all among them is not claimed here.
+    worker_labels: str = ""
+    # How often this process's row in the node registry is renewed (health's node list).
+    node_heartbeat_seconds: float = Field(default=5.0, gt=0)
     # Database access (SPEC 6): limits of each query the broker runs for a job.
     db_statement_timeout_seconds: float = Field(default=300.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=10.0, gt=0)

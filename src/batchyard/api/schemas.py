@@ -349,6 +349,18 @@ class SandboxHealth(BaseModel):
     job_uids: list[int] | None = None
 
 
+class NodeHealth(BaseModel):
+    id: str
+    roles: list[str]
+    capacity: int
+    running: int
+    labels: list[str]
+    remote: bool
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -357,3 +369,7 @@ class Health(BaseModel):
     workers: int
     # Only with the operator token.
     sandbox: SandboxHealth | None = None
+    # Only with the operator token: this process's roles, and the live nodes (processes
+    # and remote workers heard from within three heartbeats).
+    roles: list[str] | None = None
+    nodes: list[NodeHealth] | None = None

@@ -344,6 +344,38 @@ _DELETE_ARTIFACT = delete(_ARTIFACT).where(
 _INSERT_ARTIFACT = insert(_ARTIFACT)
 
 
+_OWNED_ATTEMPT = select(_EXECUTION.c.account_id, _EXECUTION.c.job_id, _EXECUTION.c.job_name,
+                        _EXECUTION.c.revision, _EXECUTION.c.source, _ACCOUNT.c.plan) \
+    .join(_ACCOUNT, _ACCOUNT.c.id == _EXECUTION.c.account_id).where(_OWNED)
+
+
+def owned_attempt(platform: Platform, execution_id: str, number: int, worker: str) -> \
+        ClaimedAttempt | None:
+    """The running attempt ``number`` of an execution while ``worker`` holds its lease, as
+    far as a remote worker's later calls need it (no code, variables or params: those went
+    with the claim); None once it is not that worker's (fenced)."""
+    with platform.db.read() as session:
+        row = session.connection().execute(_OWNED_ATTEMPT, {
+            "eid": execution_id, "num": number, "worker": worker}).first()
+    if row is None:
+        return None
+    return ClaimedAttempt(
+        execution_id=execution_id, account_id=row.account_id, job_id=row.job_id,
+        job_name=row.job_name, number=number, worker=worker, revision=row.revision, code=b"",
+        main_parameters=0, requirements=None, variables={}, secret_values=(),
+        deadline_seconds=0.0, timeout_seconds=0.0, params={}, source=row.source,
+        database_access=plan_from_dict(row.plan).database_access, log_seq=0, log_bytes=0,
+        log_truncated=False)
+
+
+def attempt_code(platform: Platform, attempt: ClaimedAttempt) -> bytes:
+    """The code zip of an attempt's revision (a remote worker fetches it once per digest)."""
+    with platform.db.read() as session:
+        revision = platform.revisions.get(session, attempt.account_id, attempt.job_id,
+                                          attempt.revision)
+        return platform.revisions.code(session, revision).content
+
+
 def _owner(attempt: ClaimedAttempt) -> dict[str, Any]:
     return {"eid": attempt.execution_id, "num": attempt.number, "worker": attempt.worker}
 
@@ -489,7 +521,8 @@ def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | Non
             # an expired lease says only that the worker stopped renewing it.
             _close_attempt(platform, session, execution.id, attempt.number, AttemptResult(
                 AttemptOutcome.INTERRUPTED, runtime, None,
-                "The node running this attempt restarted." if owner_prefix else
+                "The node running this attempt stopped (it restarted since)."
+                if owner_prefix else
                 "The worker running this attempt stopped renewing its lease (worker lost).",
                 now), worker_lost=not owner_prefix)
             swept += 1

@@ -316,3 +316,32 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Node(Base):
+    """A live process of the platform (or a remote worker), known by its heartbeat."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    # Comma-separated subset of api, scheduler, worker.
+    roles: Mapped[str] = mapped_column(String(64))
+    capacity: Mapped[int] = mapped_column(Integer)
+    running: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list[Any]] = mapped_column(JSON)
+    remote: Mapped[bool] = mapped_column(Boolean)
+    version: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WorkerToken(Base):
+    """A remote worker's credential (stored as SHA-256); it opens /api/v1/worker/* only."""
+
+    __tablename__ = "worker_tokens"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
