@@ -190,7 +190,9 @@ class Server:
                             lease_seconds=self.settings.lease_seconds,
                             heartbeat_seconds=self.settings.heartbeat_seconds,
                             sweep_interval=self.settings.sweep_interval_seconds)
-        self.pool = WorkerPool(LocalPort(self.platform), self.supervisor,
+        self.pool = WorkerPool(LocalPort(self.platform,
+                                         worker_labels(self.settings.worker_labels)),
+                               self.supervisor,
                                f"{self.node_id}:{boot}", self.settings.workers, timing,
                                self.platform.clock.now)
         self.sweeper = Sweeper(self.platform, timing)

@@ -40,7 +40,8 @@ class RemoteWorker:
         os.chmod(data_dir, 0o700)
         # Several worker processes may share a host's data folder: a slot each.
         self.slot = take_node_slot(data_dir, _node_id(data_dir), shared_store=True)
-        self.port = RemotePort(server_url, token, data_dir / "code-cache")
+        self.labels = worker_labels(settings.worker_labels)
+        self.port = RemotePort(server_url, token, data_dir / "code-cache", labels=self.labels)
         hello = self.port.hello()
         log.info("worker token %s (%s) accepted by %s", hello["worker"], hello["name"],
                  server_url)
@@ -56,7 +57,6 @@ class RemoteWorker:
         timing = PoolTiming(poll_interval=0.1, lease_seconds=lease,
                             heartbeat_seconds=float(hello["heartbeat_seconds"]),
                             sweep_interval=lease)
-        self.labels = worker_labels(settings.worker_labels)
         self.pool = WorkerPool(port, self.supervisor,
                                f"{self.slot.node_id}:{secrets.token_hex(3)}",
                                settings.workers, timing)

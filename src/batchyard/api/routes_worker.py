@@ -122,6 +122,10 @@ async def claim(identity: Worker, request: Request, platform: PlatformDep) -> Re
     worker = _slot(identity, data)
     wait = min(float(data.get("wait_seconds", 0) or 0), MAX_CLAIM_WAIT_SECONDS)
     lease = request.app.state.server.settings.lease_seconds
+    labels = data.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise InvalidInput("labels must be a list of strings", field="labels")
+    advertised = tuple(labels)
     if _waiting >= MAX_WAITING_CLAIMS:
         raise Overloaded(retry_after=1)
     _waiting += 1
@@ -133,7 +137,7 @@ async def claim(identity: Worker, request: Request, platform: PlatformDep) -> Re
             # The token is looked at again before each try: one revoked while its claim
             # waits claims nothing more.
             worker_tokens.authenticate(platform, secret)
-            return queue.claim_next_execution(platform, worker, lease)
+            return queue.claim_next_execution(platform, worker, lease, advertised)
 
         while True:
             attempt = await run_in_threadpool(claim_once)

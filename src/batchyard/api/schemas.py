@@ -76,6 +76,8 @@ class SettingsIn(Strict):
     notify: NotifyIn | None = None
     # null removes the webhook.
     webhook: WebhookIn | None = None
+    # Labels every worker running the job must advertise (e.g. ["gpu", "region=eu"]).
+    worker_labels: list[str] | None = None
 
 
 class VariableIn(Strict):
@@ -155,6 +157,7 @@ class SettingsOut(BaseModel):
     misfire_grace_minutes: float
     notify: NotifyOut
     webhook: WebhookOut | None = None
+    worker_labels: list[str] = []
 
 
 class LastExecution(BaseModel):

@@ -8,11 +8,12 @@ from batchyard.services.context import Platform
 
 
 class LocalPort:
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, labels: tuple[str, ...] = ()) -> None:
         self.platform = platform
+        self.labels = labels
 
     def claim(self, worker: str, lease_seconds: float) -> ClaimedAttempt | None:
-        return queue.claim_next_execution(self.platform, worker, lease_seconds)
+        return queue.claim_next_execution(self.platform, worker, lease_seconds, self.labels)
 
     def renew(self, attempt: ClaimedAttempt, lease_seconds: float) -> tuple[bool, bool]:
         return queue.renew_lease(self.platform, attempt, lease_seconds)

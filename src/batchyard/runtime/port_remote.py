@@ -33,8 +33,10 @@ class WorkerRefused(Exception):
 
 class RemotePort:
     def __init__(self, server_url: str, token: str, cache_dir: Path,
-                 timeout: float = 30.0, claim_wait: float = CLAIM_WAIT_SECONDS) -> None:
+                 timeout: float = 30.0, claim_wait: float = CLAIM_WAIT_SECONDS,
+                 labels: tuple[str, ...] = ()) -> None:
         self.claim_wait = claim_wait
+        self.labels = labels
         self.cache_dir = cache_dir
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._client = httpx.Client(
@@ -68,8 +70,8 @@ class RemotePort:
 
     # --- the port --------------------------------------------------------------------
     def claim(self, worker: str, lease_seconds: float) -> ClaimedAttempt | None:
-        response = self._call("POST", "/claim", json={"worker": worker,
-                                                      "wait_seconds": self.claim_wait})
+        response = self._call("POST", "/claim", json={
+            "worker": worker, "wait_seconds": self.claim_wait, "labels": list(self.labels)})
         if response.status_code == 204:
             return None
         data = response.json()["attempt"]

@@ -34,7 +34,7 @@ from batchyard.domain.executions import (
     ExecutionStatus,
     after_attempt,
 )
-from batchyard.domain.jobs import JobSettings
+from batchyard.domain.jobs import JobSettings, label_sets
 from batchyard.domain.plans import plan_from_dict
 from batchyard.services import notifications
 from batchyard.services.context import Platform
@@ -65,7 +65,10 @@ def _heads_statement() -> Any:
     """
     queued = (select(_EXECUTION.c.account_id, func.min(_EXECUTION.c.id).label("head"))
               .where(_EXECUTION.c.status == "queued",
-                     _EXECUTION.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()))
+                     _EXECUTION.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
+                     # Only what this worker's labels satisfy (domain.jobs.label_sets).
+                     _EXECUTION.c.worker_labels.in_(bindparam("label_sets",
+                                                               expanding=True)))
               .group_by(_EXECUTION.c.account_id).subquery())
     busy = _busy(queued.c.account_id)
     return (select(queued.c.head, queued.c.account_id, busy, Account.plan)
@@ -93,13 +96,15 @@ def _account_slots_statement() -> Any:
 _HEADS_PAGE = 16
 
 
-def _candidates(session: Session, now: datetime) -> Iterator[tuple[str, str]]:
+def _candidates(session: Session, now: datetime, sets: list[str]) -> \
+        Iterator[tuple[str, str]]:
     """(execution, account) heads of accounts below their plan's max_concurrent_executions,
     least busy first; accounts at their limit are passed over (their executions wait)."""
     connection = session.connection()
     for page in itertools.count():
         rows = connection.execute(_heads_statement(), {
-            "now": now, "heads": _HEADS_PAGE, "skip": page * _HEADS_PAGE}).all()
+            "now": now, "heads": _HEADS_PAGE, "skip": page * _HEADS_PAGE,
+            "label_sets": sets}).all()
         for head, account_id, busy, plan in rows:
             if busy < plan_from_dict(plan).max_concurrent_executions:
                 yield head, account_id
@@ -118,9 +123,12 @@ def _has_free_slot(session: Session, account_id: str) -> bool:
 _CLAIM_ROUNDS = 8
 
 
-def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) -> \
-        ClaimedAttempt | None:
+def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
+                         labels: tuple[str, ...] = ()) -> ClaimedAttempt | None:
+    """The next attempt for ``worker``, whose advertised ``labels`` must include every
+    label the execution's job asks for (its worker_labels setting)."""
     now = platform.clock.now()
+    sets = label_sets(labels)
     with platform.db.write() as session:
         # The conditional UPDATE is the claim: of two workers that pick the same head,
         # one updates it and the other (on PostgreSQL, after waiting for the first to
@@ -129,7 +137,7 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) 
         # this transaction and the next head is tried: one bad row never wedges the queue.
         for _ in range(_CLAIM_ROUNDS):
             progressed = False
-            for execution_id, account_id in _candidates(session, now):
+            for execution_id, account_id in _candidates(session, now, sets):
                 if not _has_free_slot(session, account_id):
                     continue
                 row = session.connection().execute(_claim_statement(), {

@@ -188,6 +188,8 @@ class Execution(Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The job's worker_labels at admission, sorted and comma-joined ('' for any worker).
+    worker_labels: Mapped[str] = mapped_column(String(300), default="", server_default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -205,7 +207,8 @@ def execution_row(**fields: Any) -> dict[str, Any]:
             "started_at": None, "ended_at": None, "runtime_seconds": 0.0,
             "reserved_seconds": 0.0, "attempt_count": 0, "next_attempt_at": None,
             "lease_owner": None, "lease_expires_at": None, "cancel_requested": False,
-            "log_bytes": 0, "log_seq": 0, "log_truncated": False, "emails_sent": 0, **fields}
+            "log_bytes": 0, "log_seq": 0, "log_truncated": False, "emails_sent": 0,
+            "worker_labels": "", **fields}
 
 
 class Attempt(Base):

@@ -1,4 +1,5 @@
-"""nodes (the live processes and remote workers, by heartbeat) and worker_tokens
+"""nodes (the live processes and remote workers, by heartbeat), worker_tokens, and
+executions.worker_labels (the labels a worker must have to claim it)
 
 Revision ID: 0007
 Revises: 0003
@@ -17,6 +18,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("executions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("worker_labels", sa.String(length=300), nullable=False,
+                                      server_default=""))
     op.create_table(
         "nodes",
         sa.Column("id", sa.String(length=120), nullable=False),
@@ -46,6 +50,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("executions", schema=None) as batch_op:
+        batch_op.drop_column("worker_labels")
     op.drop_table("worker_tokens")
     op.drop_index("ix_nodes_heartbeat_at", table_name="nodes")
     op.drop_table("nodes")
