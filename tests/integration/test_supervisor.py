@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,15 @@ def test_an_old_attempts_stop_and_end_never_reach_a_newer_attempt_of_the_same_ex
     assert supervisor.stop(new.execution_id, AttemptOutcome.CANCELLED, "cancelled")
     second.join(20)
     assert results[2].outcome is AttemptOutcome.CANCELLED
+
+
+def test_the_attempts_end_and_log_records_read_the_injected_clock(tmp_path: Path) -> None:
+    fixed = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    supervisor = Supervisor(job_python(None), tmp_path, RuntimeLimits(
+        kill_grace_seconds=0.3, log_cap_bytes=64 * 1024, log_line_max_bytes=1024,
+        artifact_cap_bytes=1000, artifact_max_files=2), clock=lambda: fixed)
+    result, logs = run(supervisor, attempt("def main():\n    print('hi')\n"))
+    assert result.outcome is AttemptOutcome.SUCCEEDED
+    assert result.ended_at == fixed
+    assert any(record.message == "hi" for record in logs)
+    assert all(record.at == fixed for record in logs if record.stream != "log")
