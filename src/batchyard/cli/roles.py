@@ -67,6 +67,12 @@ def worker(
         if settings.workers == 0:
             typer.echo("batchyard: a worker needs --workers of at least 1", err=True)
             raise typer.Exit(code=2)
+        if settings.resolved_database_url.startswith("sqlite"):
+            typer.echo("batchyard: a worker-only process shares a PostgreSQL store with the "
+                       "API (set BATCHYARD_DATABASE_URL), or runs remote (--server URL "
+                       "--token-file F); with SQLite, `batchyard serve` runs the workers",
+                       err=True)
+            raise typer.Exit(code=2)
         try:
             run_server(Server(settings))
         except DataFolderBusy as exc:
