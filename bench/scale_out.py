@@ -56,7 +56,8 @@ class Fleet:
 
 @contextmanager
 def fleet(root: Path, workers: int, capacity: int, remote: bool = False) -> Iterator[Fleet]:
-    cluster = PostgresCluster().start()
+    # Each worker process on the database may hold a connection per slot, plus its loops'.
+    cluster = PostgresCluster(max_connections=100 + workers * (capacity + 30)).start()
     token = "bench-" + secrets.token_hex(8)
     env = {"BATCHYARD_DATABASE_URL": cluster.url(), "BATCHYARD_OPERATOR_TOKEN": token,
            "BATCHYARD_SECRET_KEY": Fernet.generate_key().decode()}
@@ -181,7 +182,7 @@ def bench_throughput(root: Path, ceiling: float) -> None:
     count = int(os.environ.get("BENCH_SCALE_EXECUTIONS", "1000"))
     print(f"throughput: {count} executions of time.sleep(2), capacity 64 per worker process")
     print("  workers  slots  wall s  exec/s  bound/s  of bound")
-    for workers in (1, 2, 4):
+    for workers in [int(n) for n in os.environ.get("BENCH_SCALE_WORKERS", "1,2,4").split(",")]:
         with fleet(root / f"t{workers}", workers, 64) as server:
             client = account(server)
             job_id = job(client, SLEEPER)
