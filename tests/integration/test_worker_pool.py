@@ -19,7 +19,6 @@ from batchyard.services import executions, invoke
 from batchyard.services.context import Actor, Platform
 from batchyard.store.db import Database
 from batchyard.store.models import Account, Job
-from conftest import build_code_zip
 
 
 def _alive(pid: int) -> bool:
@@ -40,7 +39,8 @@ def _wait(condition: Callable[[], bool], seconds: float) -> bool:
 
 
 def test_a_worker_that_cannot_renew_its_lease_kills_its_own_attempt(
-        platform: Platform, tmp_path: Path, make_account: Callable[..., Account],
+        platform: Platform, tmp_path: Path, code_zip: Callable[..., bytes],
+        make_account: Callable[..., Account],
         make_actor: Callable[..., Actor], make_published_job: Callable[..., Job]) -> None:
     if not platform.db.is_sqlite:
         pytest.skip("the store's failure is made with SQLite's lock and busy timeout")
@@ -48,7 +48,7 @@ def test_a_worker_that_cannot_renew_its_lease_kills_its_own_attempt(
     main = (f"import os, time\ndef main():\n    open({str(pid_file)!r}, 'w').write("
             "str(os.getpid()))\n    time.sleep(60)\n")
     actor = make_actor(make_account())
-    job = make_published_job(actor, code=build_code_zip(main))
+    job = make_published_job(actor, code=code_zip(main))
     recorded = invoke.invoke(platform, actor, job.id, {}, {})
     # The worker's store gives up on a lock after 0.2 s, as an unreachable control plane.
     impatient = Database(platform.db.url, busy_timeout=0.2)

@@ -74,6 +74,8 @@ class WorkerPool:
         self.timing = timing
         self._wake = threading.Condition()
         self._signals = 0
+        # The one idle slot that polls the queue (None: the next idle slot takes it on).
+        self._poller: int | None = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[tuple[str, int], ClaimedAttempt] = {}
@@ -132,7 +134,16 @@ class WorkerPool:
                 continue
             with self._wake:
                 if self._signals == 0 and not self._stopping.is_set():
-                    self._wake.wait(self.timing.poll_interval)
+                    # One idle slot polls for work queued elsewhere; the others sleep until
+                    # woken (work queued here, or a claim that took the poller away: see
+                    # work_once). Otherwise every idle slot polls: 64 idle slots were 64
+                    # claim queries a second, or 64 long-polls held by the control plane.
+                    if self._poller is None:
+                        self._poller = number
+                    self._wake.wait(self.timing.poll_interval if self._poller == number
+                                    else None)
+                    if self._poller == number:
+                        self._poller = None
                 self._signals = max(0, self._signals - 1)
 
     def work_once(self, worker: str) -> bool:
