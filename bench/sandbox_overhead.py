@@ -20,9 +20,9 @@ from _harness import percentile
 
 from batchyard.app import job_python
 from batchyard.domain.attempts import ClaimedAttempt, LogRecord
-from batchyard.runtime.sandbox import JobLimits, Sandbox, SandboxUnavailable
-from batchyard.runtime.sandbox_setup import detect_sandbox
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
+from batchyard.runtime.box.sandbox import JobLimits, Sandbox, SandboxUnavailable
+from batchyard.runtime.box.sandbox_setup import detect_sandbox
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
 
 RUNS = 100
 WARMUP = 5

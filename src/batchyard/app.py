@@ -26,21 +26,21 @@ from batchyard.api.routes_worker import router as worker_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
 from batchyard.nodelock import take_node_slot
-from batchyard.runtime.dbbroker import DatabaseBroker
-from batchyard.runtime.dbrun import QueryLimits
-from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
-from batchyard.runtime.envcache import EnvCache
-from batchyard.runtime.mailer import JobEmailHandler
-from batchyard.runtime.netguard import install_network_guard
-from batchyard.runtime.node_loop import NodeHeartbeat
-from batchyard.runtime.pool import PoolTiming, Sweeper, WorkerPool
+from batchyard.runtime.box.envcache import EnvCache
+from batchyard.runtime.box.netguard import install_network_guard
+from batchyard.runtime.box.sandbox import JobLimits, Sandbox
+from batchyard.runtime.box.sandbox_setup import detect_sandbox
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
+from batchyard.runtime.channel.dbbroker import DatabaseBroker
+from batchyard.runtime.channel.dbrun import QueryLimits
+from batchyard.runtime.channel.mailer import JobEmailHandler
+from batchyard.runtime.loops.delivery_loop import DeliveryLoop, DeliveryPolicy
+from batchyard.runtime.loops.node_loop import NodeHeartbeat
+from batchyard.runtime.loops.pool import PoolTiming, Sweeper, WorkerPool
+from batchyard.runtime.loops.scheduler_loop import SchedulerLoop
+from batchyard.runtime.outbound.smtp import SmtpConfig, SmtpMailer
+from batchyard.runtime.outbound.webhooks import WebhookPoster
 from batchyard.runtime.port_local import LocalPort
-from batchyard.runtime.sandbox import JobLimits, Sandbox
-from batchyard.runtime.sandbox_setup import detect_sandbox
-from batchyard.runtime.scheduler_loop import SchedulerLoop
-from batchyard.runtime.smtp import SmtpConfig, SmtpMailer
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
-from batchyard.runtime.webhooks import WebhookPoster
 from batchyard.sdk import JOBPATH
 from batchyard.services import nodes, queue
 from batchyard.services.context import Platform
@@ -125,7 +125,7 @@ def build_supervisor(settings: Settings, data_dir: Path) -> Supervisor:
     assert placement is not None
     python, work_root = placement.python, placement.work_root
     if sandbox.runs_jobs:
-        # Before any attempt runs; the table outlives this process (runtime/netguard.py).
+        # Before any attempt runs; the table outlives this process (runtime/box/netguard.py).
         sandbox.add_note(install_network_guard(settings.job_network,
                                                sandbox.uid_range).description)
     _log_sandbox(sandbox)

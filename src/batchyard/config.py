@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # uid: the only way to that (where every server already runs in its own disposable
     # machine or container, and to measure the sandbox's cost).
     sandbox: Literal["auto", "bubblewrap", "rlimits", "none", "off"] = "auto"
-    # The rlimits level's runtime folder (runtime/jobroot.py): the SDK copy, the attempts'
+    # The rlimits level's runtime folder (runtime/box/jobroot.py): the SDK copy, the attempts'
     # folders and the requirements environments, reachable by the job uids; None =
     # /var/lib/batchyard/runtime-<digest of the data folder's path>.
     runtime_dir: Path | None = None
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     # When the server runs as root each attempt gets its own uid from this base + n.
     sandbox_uid_base: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
     # "public": an nftables table refuses the job uids this host (loopback, its own
-    # addresses) and private, link-local and CGNAT networks (runtime/netguard.py); where it
+    # addresses) and private, link-local and CGNAT networks (runtime/box/netguard.py); where it
     # cannot be installed (not root, no nft) the server starts anyway and says so. "open":
     # jobs reach everything the server's host reaches.
     job_network: Literal["public", "open"] = "public"

@@ -14,8 +14,8 @@ from batchyard.app import build_supervisor, worker_labels
 from batchyard.config import Settings
 from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.nodelock import take_node_slot
-from batchyard.runtime.node_loop import NodeHeartbeat
-from batchyard.runtime.pool import PoolTiming, WorkerPool
+from batchyard.runtime.loops.node_loop import NodeHeartbeat
+from batchyard.runtime.loops.pool import PoolTiming, WorkerPool
 from batchyard.runtime.port_remote import RemotePort
 
 log = logging.getLogger("batchyard.remote")

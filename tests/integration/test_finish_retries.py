@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from batchyard.domain.attempts import AttemptResult
-from batchyard.runtime.pool import finish_with_retries
+from batchyard.runtime.loops.pool import finish_with_retries
 from batchyard.runtime.port_local import LocalPort
 from batchyard.services import executions, invoke
 from batchyard.services.context import Actor, Platform

@@ -31,8 +31,8 @@ from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.domain.notifications import signature
 from batchyard.errors import NotFound
-from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
-from batchyard.runtime.smtp import (
+from batchyard.runtime.loops.delivery_loop import DeliveryLoop, DeliveryPolicy
+from batchyard.runtime.outbound.smtp import (
     NOT_SENT,
     RECIPIENTS_REFUSED,
     DeliveryFailure,
@@ -41,7 +41,7 @@ from batchyard.runtime.smtp import (
     SmtpConfig,
     SmtpMailer,
 )
-from batchyard.runtime.webhooks import WebhookPoster
+from batchyard.runtime.outbound.webhooks import WebhookPoster
 from batchyard.services import executions, invoke, notifications
 from batchyard.services.context import Actor, Platform
 from batchyard.services.queue import claim_next_execution, finish_attempt

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, func, select, text, update
 from batchyard.domain.attempts import AttemptResult
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.scheduler_loop import SchedulerLoop
+from batchyard.runtime.loops.scheduler_loop import SchedulerLoop
 from batchyard.services import accounts, executions, invoke, jobs, scheduler
 from batchyard.services.context import Actor, Platform
 from batchyard.services.queue import claim_next_execution, finish_attempt

@@ -13,7 +13,7 @@ import pytest
 from batchyard.app import job_python
 from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
 
 
 def zipped(main_py: str) -> bytes:
@@ -183,7 +183,7 @@ def main():
 
 
 def test_a_stop_between_two_steps_is_kept_for_the_next_step() -> None:
-    from batchyard.runtime.supervisor import _Stops
+    from batchyard.runtime.box.supervisor import _Stops
 
     stops = _Stops()
     seen: list[tuple[AttemptOutcome, str]] = []

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from batchyard.app import job_python
-from batchyard.runtime.pool import PoolTiming, WorkerPool
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
+from batchyard.runtime.loops.pool import PoolTiming, WorkerPool
 from batchyard.runtime.port_local import LocalPort
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
 from batchyard.services import executions, invoke
 from batchyard.services.context import Actor, Platform
 from batchyard.store.db import Database

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from batchyard.domain.attempts import LogRecord
-from batchyard.runtime.logsink import LogSink, mask, mask_data
+from batchyard.runtime.box.logsink import LogSink, mask, mask_data
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

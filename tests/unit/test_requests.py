@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from batchyard.domain.attempts import ClaimedAttempt
-from batchyard.runtime.requests import MAX_WAITING, TOO_MANY, Reply, RequestDispatcher
+from batchyard.runtime.channel.dispatcher import MAX_WAITING, TOO_MANY, Reply, RequestDispatcher
 
 ATTEMPT = ClaimedAttempt(
     execution_id="exe_unit", account_id="acc_unit", job_id="job_unit", job_name="unit",

@@ -339,7 +339,7 @@ class AuditList(BaseModel):
 
 
 class SandboxHealth(BaseModel):
-    """The operator's view of job isolation (runtime/sandbox_setup.py)."""
+    """The operator's view of job isolation (runtime/box/sandbox_setup.py)."""
 
     level: str  # bubblewrap, rlimits, unconfined (BATCHYARD_SANDBOX=off) or unavailable
     jobs_run: bool

@@ -19,8 +19,8 @@ from typing import Any
 
 from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogBatch, LogRecord, WorkerPort
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.logsink import LogWriter
-from batchyard.runtime.supervisor import Supervisor
+from batchyard.runtime.box.logsink import LogWriter
+from batchyard.runtime.box.supervisor import Supervisor
 from batchyard.services import queue
 from batchyard.services.context import Platform
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from batchyard.runtime.driver import Driver
+from batchyard.runtime.loops.driver import Driver
 
 log = logging.getLogger("batchyard.nodes")
 

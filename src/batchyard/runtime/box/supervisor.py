@@ -37,14 +37,14 @@ from batchyard.errors import (
     internal_error_message,
     new_reference,
 )
-from batchyard.runtime.diskwatch import describe_violation, disk_usage
-from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
-from batchyard.runtime.logsink import LogSink, LogWriter
-from batchyard.runtime.processes import kill_group_now, kill_tree, process_table
-from batchyard.runtime.pump import OutputPump, Part
-from batchyard.runtime.requests import Reply, RequestDispatcher, RequestHandler
-from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
-from batchyard.runtime.workspace import SetupTimedOut, collect_outputs, create_workspace
+from batchyard.runtime.box.diskwatch import describe_violation, disk_usage
+from batchyard.runtime.box.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
+from batchyard.runtime.box.logsink import LogSink, LogWriter
+from batchyard.runtime.box.processes import kill_group_now, kill_tree, process_table
+from batchyard.runtime.box.pump import OutputPump, Part
+from batchyard.runtime.box.sandbox import Confinement, Sandbox, explain_failure
+from batchyard.runtime.box.workspace import SetupTimedOut, collect_outputs, create_workspace
+from batchyard.runtime.channel.dispatcher import Reply, RequestDispatcher, RequestHandler
 
 log = logging.getLogger("batchyard.supervisor")
 # A constant, not generated source: the job path comes in as argv[1].
@@ -73,7 +73,7 @@ class RuntimeLimits:
     log_line_max_bytes: int
     artifact_cap_bytes: int
     artifact_max_files: int
-    # Bytes the attempt's writable folders may hold (0: no limit); see runtime/diskwatch.py.
+    # Bytes the attempt's writable folders may hold (0: no limit); see runtime/box/diskwatch.py.
     disk_bytes: int = 0
     # Extracting the code; dependency installs are bounded by the environment cache.
     setup_timeout_seconds: float = 120.0
@@ -139,12 +139,12 @@ class Supervisor:
         self.clock = clock
         self.work_root = work_root
         self.limits = limits
-        # Sandbox: how each attempt is confined (runtime/sandbox.py); without one (tests of
+        # Sandbox: how each attempt is confined (runtime/box/sandbox.py); without one (tests of
         # the supervisor alone) the child runs unconfined, as its own session.
         self.sandbox = sandbox or Sandbox.unconfined()
         # Requests the job makes over its channel ("db", "email"), answered in the server.
         self.requests: dict[str, RequestHandler] = dict(requests or {})
-        # Dependencies: where jobs' requirements.txt are installed (runtime/envcache.py).
+        # Dependencies: where jobs' requirements.txt are installed (runtime/box/envcache.py).
         self.environments = environments
         # By (execution, attempt number): a late stop or end of an old attempt must never
         # reach a newer attempt of the same execution running on this node.
