@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _harness import percentile
 
 from batchyard.app import job_python
+from batchyard.domain.attempts import ClaimedAttempt, LogRecord
 from batchyard.domain.requirements import normalise_requirements
-from batchyard.runtime.envcache import EnvCache
-from batchyard.runtime.sandbox import JobLimits, Sandbox, SandboxUnavailable, detect_sandbox
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
-from batchyard.services.queue import ClaimedAttempt, LogRecord
+from batchyard.runtime.box.envcache import EnvCache
+from batchyard.runtime.box.sandbox import JobLimits, Sandbox, SandboxUnavailable, detect_sandbox
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
 
 RUNS = 50
 WARMUP = 3

@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _harness import percentile
 
 from batchyard.app import job_python
-from batchyard.runtime.sandbox import JobLimits, Sandbox, SandboxUnavailable
-from batchyard.runtime.sandbox_setup import detect_sandbox
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
-from batchyard.services.queue import ClaimedAttempt, LogRecord
+from batchyard.domain.attempts import ClaimedAttempt, LogRecord
+from batchyard.runtime.box.sandbox import JobLimits, Sandbox, SandboxUnavailable
+from batchyard.runtime.box.sandbox_setup import detect_sandbox
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
 
 RUNS = 100
 WARMUP = 5

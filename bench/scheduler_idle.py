@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from scheduler_fire import seed
 
 from batchyard.domain.clock import SystemClock
-from batchyard.runtime.scheduler_loop import SchedulerLoop
+from batchyard.runtime.loops.scheduler_loop import SchedulerLoop
 from batchyard.services.context import Platform
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from batchyard.domain import codezip
-from batchyard.runtime.workspace import create_workspace
+from batchyard.runtime.box.workspace import create_workspace
 
 SIZES = (10, 1000, 2000)
 ROUNDS = 3

@@ -23,29 +23,32 @@ from batchyard.api.metrics import install_request_metrics
 from batchyard.api.metrics import router as metrics_router
 from batchyard.api.routes_account import router as account_router
 from batchyard.api.routes_admin import router as admin_router
+from batchyard.api.routes_admin_workers import router as admin_workers_router
 from batchyard.api.routes_executions import router as executions_router
 from batchyard.api.routes_jobs import router as jobs_router
+from batchyard.api.routes_worker import router as worker_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
 from batchyard.nodelock import take_node_slot
-from batchyard.runtime.alert_loop import AlertLoop
-from batchyard.runtime.dbbroker import DatabaseBroker
-from batchyard.runtime.dbrun import QueryLimits
-from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
-from batchyard.runtime.envcache import EnvCache
-from batchyard.runtime.mailer import JobEmailHandler
-from batchyard.runtime.netguard import install_network_guard
-from batchyard.runtime.pool import PoolTiming, WorkerPool
-from batchyard.runtime.requests import RequestHandler
-from batchyard.runtime.retention_loop import RetentionLoop, RetentionPolicy, UvCache
-from batchyard.runtime.sandbox import JobLimits, Sandbox
-from batchyard.runtime.sandbox_setup import detect_sandbox
-from batchyard.runtime.scheduler_loop import SchedulerLoop
-from batchyard.runtime.smtp import SmtpConfig, SmtpMailer
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
-from batchyard.runtime.webhooks import WebhookPoster
+from batchyard.runtime.box.envcache import EnvCache
+from batchyard.runtime.box.netguard import install_network_guard
+from batchyard.runtime.box.sandbox import JobLimits, Sandbox
+from batchyard.runtime.box.sandbox_setup import detect_sandbox
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
+from batchyard.runtime.channel.dbbroker import DatabaseBroker
+from batchyard.runtime.channel.dbrun import QueryLimits
+from batchyard.runtime.channel.mailer import JobEmailHandler
+from batchyard.runtime.loops.alert_loop import AlertLoop
+from batchyard.runtime.loops.delivery_loop import DeliveryLoop, DeliveryPolicy
+from batchyard.runtime.loops.node_loop import NodeHeartbeat
+from batchyard.runtime.loops.pool import PoolTiming, Sweeper, WorkerPool
+from batchyard.runtime.loops.retention_loop import RetentionLoop, RetentionPolicy, UvCache
+from batchyard.runtime.loops.scheduler_loop import SchedulerLoop
+from batchyard.runtime.outbound.smtp import SmtpConfig, SmtpMailer
+from batchyard.runtime.outbound.webhooks import WebhookPoster
+from batchyard.runtime.port_local import LocalPort
 from batchyard.sdk import JOBPATH
-from batchyard.services import queue
+from batchyard.services import nodes, queue
 from batchyard.services.context import Platform
 from batchyard.services.invoke_batcher import InvocationBatcher
 from batchyard.services.metrics import PROCESS, StoreCollector
@@ -114,11 +117,48 @@ def sandbox_report(sandbox: Sandbox) -> dict[str, object]:
             "job_uids": list(sandbox.uid_range) if sandbox.uid_range else None}
 
 
+def build_supervisor(settings: Settings, data_dir: Path) -> Supervisor:
+    """The attempt box of a worker host (this server's or a remote worker's): the sandbox
+    decided, the network guard installed, the environment cache; no request handlers."""
+    # Children run with -B; compile the SDK once so their imports stay fast.
+    compileall.compile_dir(str(JOBPATH), quiet=1)
+    # Sandbox: decided once here (a probe run of the real command as a job uid).
+    sandbox = detect_sandbox(
+        settings.sandbox, job_python(settings.python), JobLimits(
+            memory_bytes=settings.job_memory_bytes, processes=settings.job_max_processes,
+            open_files=settings.job_max_open_files, file_bytes=settings.job_max_file_bytes,
+            cpu_seconds=settings.job_cpu_seconds), data_dir,
+        settings.sandbox_uid_base, settings.runtime_dir)
+    placement = sandbox.placement
+    assert placement is not None
+    python, work_root = placement.python, placement.work_root
+    if sandbox.runs_jobs:
+        # Before any attempt runs; the table outlives this process (runtime/box/netguard.py).
+        guard = install_network_guard(settings.job_network, sandbox.uid_range)
+        sandbox.add_note(guard.description)
+        sandbox.network_guard = guard.table is not None
+    _log_sandbox(sandbox)
+    supervisor = Supervisor(python, work_root, RuntimeLimits(
+        kill_grace_seconds=settings.kill_grace_seconds,
+        log_cap_bytes=settings.log_cap_bytes, log_line_max_bytes=settings.log_line_max_bytes,
+        artifact_cap_bytes=settings.artifact_cap_bytes,
+        artifact_max_files=settings.artifact_max_files, disk_bytes=settings.job_max_disk_bytes,
+        setup_timeout_seconds=settings.setup_timeout_seconds), sandbox)
+    # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
+    supervisor.environments = EnvCache(
+        placement.env_root, python, placement.uv_cache, settings.env_cache_max_mb * 1024 * 1024,
+        settings.env_install_timeout_seconds)
+    return supervisor
+
+
 class Server:
     """Everything one ``batchyard serve`` process runs, built from one Settings object."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.load_file_secrets()
+        self.roles = process_roles(self.settings)
+        if "worker" not in self.roles:
+            self.settings = self.settings.model_copy(update={"workers": 0})
         data_dir = self.settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
@@ -145,55 +185,26 @@ class Server:
             self.operator_token = _read_or_create(path, "byo_" + secrets.token_urlsafe(32))
         self.platform = Platform(db=self.db, clock=SystemClock(), secrets=box)
         _seal(data_dir)
-        # Children run with -B; compile the SDK once so their imports stay fast.
-        compileall.compile_dir(str(JOBPATH), quiet=1)
-        # Sandbox: decided once here (a probe run of the real command as a job uid).
-        sandbox = detect_sandbox(
-            self.settings.sandbox, job_python(self.settings.python), JobLimits(
-                memory_bytes=self.settings.job_memory_bytes,
-                processes=self.settings.job_max_processes,
-                open_files=self.settings.job_max_open_files,
-                file_bytes=self.settings.job_max_file_bytes,
-                cpu_seconds=self.settings.job_cpu_seconds), data_dir,
-            self.settings.sandbox_uid_base, self.settings.runtime_dir)
-        placement = sandbox.placement
-        assert placement is not None
-        python, work_root = placement.python, placement.work_root
-        guard_table: str | None = None
-        if sandbox.runs_jobs:
-            # Before any attempt runs; the table outlives this process (runtime/netguard.py).
-            guard = install_network_guard(self.settings.job_network, sandbox.uid_range)
-            sandbox.add_note(guard.description)
-            guard_table = guard.table
-        _log_sandbox(sandbox)
+        self.supervisor = build_supervisor(self.settings, data_dir)
         smtp = SmtpConfig.from_settings(self.settings)
         mailer = SmtpMailer(smtp) if smtp is not None else None
         if smtp is None:
             log.warning("no SMTP server configured (BATCHYARD_SMTP_HOST): e-mail is not sent")
         # Requests job code makes over its channel, answered here with the server's powers.
-        requests: dict[str, RequestHandler] = {"email": JobEmailHandler(
-            self.platform, mailer, work_root, self.settings.email_attachments_max_bytes)}
-        self.supervisor = Supervisor(python, work_root, RuntimeLimits(
-            kill_grace_seconds=self.settings.kill_grace_seconds,
-            log_cap_bytes=self.settings.log_cap_bytes,
-            log_line_max_bytes=self.settings.log_line_max_bytes,
-            artifact_cap_bytes=self.settings.artifact_cap_bytes,
-            artifact_max_files=self.settings.artifact_max_files,
-            disk_bytes=self.settings.job_max_disk_bytes,
-            setup_timeout_seconds=self.settings.setup_timeout_seconds), sandbox,
-            requests=requests)
-        # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
-        self.supervisor.environments = EnvCache(
-            placement.env_root, python, placement.uv_cache,
-            self.settings.env_cache_max_mb * 1024 * 1024,
-            self.settings.env_install_timeout_seconds)
+        self.supervisor.requests["email"] = JobEmailHandler(
+            self.platform, mailer, self.supervisor.work_root,
+            self.settings.email_attachments_max_bytes)
         boot = secrets.token_hex(3)
-        self.pool = WorkerPool(self.platform, self.supervisor, f"{self.node_id}:{boot}",
-                               self.settings.workers, PoolTiming(
-                                   poll_interval=self.settings.poll_interval_seconds,
-                                   lease_seconds=self.settings.lease_seconds,
-                                   heartbeat_seconds=self.settings.heartbeat_seconds,
-                                   sweep_interval=self.settings.sweep_interval_seconds))
+        timing = PoolTiming(poll_interval=self.settings.poll_interval_seconds,
+                            lease_seconds=self.settings.lease_seconds,
+                            heartbeat_seconds=self.settings.heartbeat_seconds,
+                            sweep_interval=self.settings.sweep_interval_seconds)
+        self.pool = WorkerPool(LocalPort(self.platform,
+                                         worker_labels(self.settings.worker_labels)),
+                               self.supervisor,
+                               f"{self.node_id}:{boot}", self.settings.workers, timing,
+                               self.platform.clock.now)
+        self.sweeper = Sweeper(self.platform, timing)
         self.platform.on_queued = self.pool.wake
         self.platform.on_cancel = self.pool.cancel
         self.delivery = DeliveryLoop(
@@ -204,7 +215,7 @@ class Server:
             DeliveryPolicy(max_tries=self.settings.delivery_max_tries,
                            backoff_seconds=self.settings.delivery_backoff_seconds))
         self.platform.on_delivery = self.delivery.wake
-        self.scheduler = SchedulerLoop(self.platform) if self.settings.scheduler else None
+        self.scheduler = SchedulerLoop(self.platform) if "scheduler" in self.roles else None
         if self.scheduler is not None:
             self.platform.on_schedule_change = self.scheduler.wake
         # Database access (SPEC 6): jobs' queries run here, on their account's database.
@@ -215,6 +226,7 @@ class Server:
             max_reply_bytes=self.settings.db_max_reply_bytes))
         self.supervisor.requests["db"] = self.db_broker
         environments = self.supervisor.environments
+        assert environments is not None  # build_supervisor gives every box its cache
         self.retention = RetentionLoop(self.platform, RetentionPolicy(
             batch_size=self.settings.retention_batch_size,
             audit_retention_days=self.settings.audit_retention_days,
@@ -227,10 +239,12 @@ class Server:
         # Metrics (issue 13): the store's figures at each scrape, and this process's own.
         self.metrics = CollectorRegistry()
         self.metrics.register(StoreCollector(self.platform, {
-            "sandbox_level": sandbox.level.value,
-            "network_guard": "on" if guard_table else "off"}))
+            "sandbox_level": self.supervisor.sandbox.level.value,
+            "network_guard": "on" if self.supervisor.sandbox.network_guard else "off"}))
         self.metrics.register(PROCESS)
         self.metrics_server: WSGIServer | None = None
+        self.started_at = self.platform.clock.now()
+        self.node_heartbeat = NodeHeartbeat(self.beat, self.settings.node_heartbeat_seconds)
         self.app = create_app(self)
 
     def start_background(self) -> None:
@@ -244,8 +258,10 @@ class Server:
             # No token on this one: it listens on loopback only.
             self.metrics_server = start_http_server(self.settings.metrics_port, "127.0.0.1",
                                                     self.metrics)[0]
+        self.node_heartbeat.start()
         self.invocations.start()
         self.pool.start()
+        self.sweeper.start()
         self.delivery.start()
         self.retention.start()
         self.alerts.start()
@@ -260,14 +276,44 @@ class Server:
         self.alerts.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+        self.sweeper.stop()
         self.pool.stop()
         # After the pool, whose last closes write outbox rows: what is not sent by now
         # waits in the outbox for the next start.
         self.delivery.stop()
         # After the pool: no attempt is left to query.
         self.db_broker.close()
+        self.node_heartbeat.stop()
         self.db.dispose()
         self.slot.release()
+
+
+    def beat(self) -> None:
+        nodes.heartbeat(self.platform, nodes.NodeBeat(
+            id=self.node_id, roles=self.roles, capacity=self.settings.workers,
+            running=self.pool.running_count(), labels=worker_labels(self.settings.worker_labels),
+            remote=False, started_at=self.started_at))
+
+    def live_nodes_within(self) -> float:
+        """A node is live while heard from within this many seconds: three missed beats."""
+        return 3 * self.settings.node_heartbeat_seconds + 1
+
+
+def process_roles(settings: Settings) -> frozenset[str]:
+    """--role, less what the older switches (scheduler=false, workers=0) turn off."""
+    roles = nodes.parse_roles(settings.roles)
+    if not settings.scheduler:
+        roles -= {"scheduler"}
+    if settings.workers == 0:
+        roles -= {"worker"}
+    if not roles:
+        raise ValueError("this process would have no role left: --workers 0 and "
+                         "BATCHYARD_SCHEDULER=false turn off the worker and scheduler roles")
+    return roles
+
+
+def worker_labels(text: str) -> tuple[str, ...]:
+    return tuple(sorted({part.strip() for part in text.split(",") if part.strip()}))
 
 
 def create_app(server: Server) -> FastAPI:
@@ -288,6 +334,7 @@ def create_app(server: Server) -> FastAPI:
     app.state.sandbox_report = sandbox_report(server.supervisor.sandbox)
     app.state.workers = server.settings.workers
     app.state.metrics = server.metrics
+    app.state.server = server
     install_error_handlers(app)
     platform = server.platform
 
@@ -297,7 +344,8 @@ def create_app(server: Server) -> FastAPI:
     app.add_middleware(RequestGuard,
                        credentials_valid=operator_or_key(server.operator_token, key_valid))
     install_request_metrics(app, access_log=server.settings.log_format == "json")
-    for router in (metrics_router, admin_router, account_router, jobs_router, executions_router):
+    for router in (metrics_router, admin_router, admin_workers_router, account_router,
+                   jobs_router, executions_router, worker_router):
         app.include_router(router)
     install_console(app, server.settings.public_url
                     or f"http://{server.settings.host}:{server.settings.port}")

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     # uid: the only way to that (where every server already runs in its own disposable
     # machine or container, and to measure the sandbox's cost).
     sandbox: Literal["auto", "bubblewrap", "rlimits", "none", "off"] = "auto"
-    # The rlimits level's runtime folder (runtime/jobroot.py): the SDK copy, the attempts'
+    # The rlimits level's runtime folder (runtime/box/jobroot.py): the SDK copy, the attempts'
     # folders and the requirements environments, reachable by the job uids; None =
     # /var/lib/batchyard/runtime-<digest of the data folder's path>.
     runtime_dir: Path | None = None
@@ -114,14 +114,23 @@ class Settings(BaseSettings):
     # When the server runs as root each attempt gets its own uid from this base + n.
     sandbox_uid_base: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
     # "public": an nftables table refuses the job uids this host (loopback, its own
-    # addresses) and private, link-local and CGNAT networks (runtime/netguard.py); where it
+    # addresses) and private, link-local and CGNAT networks (runtime/box/netguard.py); where it
     # cannot be installed (not root, no nft) the server starts anyway and says so. "open":
     # jobs reach everything the server's host reaches.
     job_network: Literal["public", "open"] = "public"
-    # Fire scheduled jobs in this process (any number of processes may).
+    # What this process does: a comma-separated subset of api, scheduler, worker (default
+    # all: the embedded mode). Any number of each may share one PostgreSQL store.
+    roles: str = "api,scheduler,worker"
+    # Older switches, kept as aliases: scheduler=false drops the scheduler role, and
+    # workers=0 the worker role.
     scheduler: bool = True
     # /metrics without the operator token, on 127.0.0.1 only (0: not served).
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # What this process's worker advertises (e.g. "gpu,region=eu"); a job whose
+    # worker_labels are not all among them is not claimed here.
+    worker_labels: str = ""
+    # How often this process's row in the node registry is renewed (health's node list).
+    node_heartbeat_seconds: float = Field(default=5.0, gt=0)
     # Database access (SPEC 6): limits of each query the broker runs for a job.
     db_statement_timeout_seconds: float = Field(default=300.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=10.0, gt=0)

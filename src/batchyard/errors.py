@@ -99,3 +99,10 @@ class LimitExceeded(BatchyardError):
 
     code = "limit_exceeded"
     status = 429
+
+
+class Overloaded(BatchyardError):
+    """The server is busy; try again shortly."""
+
+    code = "overloaded"
+    status = 503

@@ -48,8 +48,8 @@ from e2e_support import (
     wait_until,
 )
 
-from batchyard.runtime.jobroot import SYSTEM_PYTHONS
-from batchyard.runtime.netguard import remove_network_guard
+from batchyard.runtime.box.jobroot import SYSTEM_PYTHONS
+from batchyard.runtime.box.netguard import remove_network_guard
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -362,7 +362,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
         shutil.rmtree(base, ignore_errors=True)
         if runtime_dir:
             shutil.rmtree(runtime_dir, ignore_errors=True)
-        # The network guard's table outlives its server by design (runtime/netguard.py).
+        # The network guard's table outlives its server by design (runtime/box/netguard.py).
         remove_network_guard((UID_BASE, UID_BASE + UID_COUNT - 1))
 
 
@@ -549,7 +549,7 @@ def test_nothing_outside_the_jobs_own_folders_is_writable(
     if level == "bubblewrap":
         # A private tmpfs: the job may write there, the host's /tmp sees nothing of it.
         # (At the rlimits level the host's world-writable /tmp stays writable, as for any
-        # unprivileged user: runtime/sandbox.py.)
+        # unprivileged user: runtime/box/sandbox.py.)
         create += [f"/tmp/{marker}", f"/dev/shm/{marker}", f"/var/tmp/{marker}"]
     existing = [str(data_dir / "batchyard.sqlite3"), str(data_dir / "secret.key"),
                 "/usr/bin/env", "/etc/passwd"]
@@ -589,7 +589,7 @@ def test_a_hard_link_in_the_output_folder_is_never_read_into_an_artifact(
 def test_the_servers_own_api_and_this_hosts_services_are_refused_to_jobs(
         server: ServerProcess, make_account: AccountFactory) -> None:
     # Jobs share the host's network (they call third-party APIs); the network guard
-    # (runtime/netguard.py) refuses their uids this host: the server's own port and the
+    # (runtime/box/netguard.py) refuses their uids this host: the server's own port and the
     # PostgreSQL beside it, at once. Where it cannot be installed (no nft), at least the
     # API answers nothing without a key.
     account = make_account()

@@ -39,8 +39,8 @@ from e2e_support import (
 )
 
 from batchyard.app import job_python
-from batchyard.runtime.jobroot import SYSTEM_PYTHONS
-from batchyard.runtime.netguard import remove_network_guard
+from batchyard.runtime.box.jobroot import SYSTEM_PYTHONS
+from batchyard.runtime.box.netguard import remove_network_guard
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -109,7 +109,7 @@ def base() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="batchyard-fails-closed-"))  # 0700
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
-    # The network guard's table outlives its server by design (runtime/netguard.py).
+    # The network guard's table outlives its server by design (runtime/box/netguard.py).
     remove_network_guard((UID_BASE, UID_BASE + UID_COUNT - 1))
 
 

@@ -23,11 +23,11 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 from batchyard.config import normalise_database_url
+from batchyard.domain.attempts import AttemptResult, OutputFile
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.services import accounts, jobs
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import AttemptResult, OutputFile
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 from batchyard.store.models import Account, Job

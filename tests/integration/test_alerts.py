@@ -18,15 +18,16 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import func, select
 
+from batchyard.domain.attempts import AttemptResult
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.errors import InvalidInput
-from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
-from batchyard.runtime.smtp import SmtpConfig, SmtpMailer
-from batchyard.runtime.webhooks import WebhookPoster
+from batchyard.runtime.loops.delivery_loop import DeliveryLoop, DeliveryPolicy
+from batchyard.runtime.outbound.smtp import SmtpConfig, SmtpMailer
+from batchyard.runtime.outbound.webhooks import WebhookPoster
 from batchyard.services import accounts, alerts, jobs, retention, scheduler
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import AttemptResult, claim_next_execution, finish_attempt
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.store.models import Account, AlertIncident, Delivery, Job
 
 

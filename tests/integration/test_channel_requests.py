@@ -23,14 +23,15 @@ from sqlalchemy import select
 from test_supervisor import attempt, run
 
 from batchyard.app import job_python
+from batchyard.domain.attempts import ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.mailer import JobEmailHandler
-from batchyard.runtime.requests import MAX_WAITING
-from batchyard.runtime.smtp import SmtpConfig, SmtpMailer
-from batchyard.runtime.supervisor import CHANNEL_LINE_LIMIT, RuntimeLimits, Supervisor
+from batchyard.runtime.box.supervisor import CHANNEL_LINE_LIMIT, RuntimeLimits, Supervisor
+from batchyard.runtime.channel.dispatcher import MAX_WAITING
+from batchyard.runtime.channel.mailer import JobEmailHandler
+from batchyard.runtime.outbound.smtp import SmtpConfig, SmtpMailer
 from batchyard.services import invoke
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import ClaimedAttempt, LogRecord, claim_next_execution
+from batchyard.services.queue import claim_next_execution
 from batchyard.store.models import Account, Execution, Job
 
 SENDER = "batchyard@notify.example.com"

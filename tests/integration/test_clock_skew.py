@@ -1,5 +1,5 @@
 """Leases use each process's clock: a sweeper whose clock is far from the database's alarms
-and does not sweep (runtime/pool.py, max_clock_offset)."""
+and does not sweep (runtime/loops/pool.py, max_clock_offset)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batchyard.domain.clock import FixedClock, SystemClock
-from batchyard.runtime.pool import PoolTiming, max_clock_offset, sweep_if_clock_agrees
+from batchyard.runtime.loops.pool import PoolTiming, max_clock_offset, sweep_if_clock_agrees
 from batchyard.services import executions, invoke
 from batchyard.services.context import Actor, Platform
 from batchyard.services.queue import claim_next_execution

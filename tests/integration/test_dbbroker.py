@@ -25,14 +25,14 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import make_url
 
+from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.domain.clock import FixedClock
 from batchyard.errors import InvalidInput
-from batchyard.runtime.dbbroker import DatabaseBroker, EnginePools
-from batchyard.runtime.dbrun import QueryLimits
-from batchyard.runtime.requests import LOG_NOTE, RequestDispatcher
+from batchyard.runtime.channel.dbbroker import DatabaseBroker, EnginePools
+from batchyard.runtime.channel.dbrun import QueryLimits
+from batchyard.runtime.channel.dispatcher import LOG_NOTE, RequestDispatcher
 from batchyard.services import accounts
 from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 from batchyard.store.models import Account

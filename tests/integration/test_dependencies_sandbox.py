@@ -19,9 +19,9 @@ import pytest
 
 from batchyard.app import Server
 from batchyard.config import Settings
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.sandbox import SandboxUnavailable
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.runtime.box.sandbox import SandboxUnavailable
 
 pytestmark = pytest.mark.timeout(180)
 

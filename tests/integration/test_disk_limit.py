@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from batchyard.runtime import diskwatch
-from batchyard.runtime.diskwatch import DiskUsage, describe_violation, disk_usage
+from batchyard.runtime.box import diskwatch
+from batchyard.runtime.box.diskwatch import DiskUsage, describe_violation, disk_usage
 
 MIB = 1024 * 1024
 

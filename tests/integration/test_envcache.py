@@ -19,7 +19,7 @@ import pytest
 
 from batchyard.app import job_python
 from batchyard.domain.requirements import normalise_requirements
-from batchyard.runtime.envcache import (
+from batchyard.runtime.box.envcache import (
     MARKER,
     EnvCache,
     Environment,

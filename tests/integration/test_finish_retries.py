@@ -10,10 +10,12 @@ from dataclasses import replace
 
 import pytest
 
-from batchyard.runtime.pool import finish_with_retries
+from batchyard.domain.attempts import AttemptResult
+from batchyard.runtime.loops.pool import finish_with_retries
+from batchyard.runtime.port_local import LocalPort
 from batchyard.services import executions, invoke
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import AttemptResult, claim_next_execution, finish_attempt
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.store.db import Database
 from batchyard.store.models import Account, Job
 
@@ -42,7 +44,7 @@ def test_a_final_write_failing_while_the_store_is_locked_is_retried_with_the_sam
     try:
         with pytest.raises(Exception, match="database is locked"):
             finish_attempt(worker_platform, attempt, result())
-        assert finish_with_retries(worker_platform, attempt, result(), give_up_after=30)
+        assert finish_with_retries(LocalPort(worker_platform), attempt, result(), give_up_after=30)
     finally:
         releaser.join()
         blocker.close()
@@ -51,7 +53,7 @@ def test_a_final_write_failing_while_the_store_is_locked_is_retried_with_the_sam
     ended = executions.get_execution(platform, actor, recorded.id).execution
     assert (ended.status, ended.attempt_count) == ("succeeded", 1)
     # A second try of the same end is fenced: nothing is recorded twice.
-    assert not finish_with_retries(platform, attempt, result(), give_up_after=1)
+    assert not finish_with_retries(LocalPort(platform), attempt, result(), give_up_after=1)
 
 
 def test_a_final_write_that_keeps_failing_gives_up_after_the_lease(
@@ -70,7 +72,8 @@ def test_a_final_write_that_keeps_failing_gives_up_after_the_lease(
     blocker.execute("BEGIN IMMEDIATE")
     started = time.monotonic()
     try:
-        assert not finish_with_retries(replace(platform, db=impatient), attempt, result(),
+        assert not finish_with_retries(LocalPort(replace(platform, db=impatient)), attempt,
+                                       result(),
                                        give_up_after=1.0)
     finally:
         blocker.rollback()

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from batchyard.domain.admission import account_day
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.services import accounts, jobs, queue, scheduler
 from batchyard.services import forecast as forecast_service
 from batchyard.services.context import Platform
-from batchyard.services.queue import AttemptResult, ClaimedAttempt
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
 from batchyard.store.models import Execution

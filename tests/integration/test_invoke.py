@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
+from batchyard.domain.attempts import AttemptResult
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.services import accounts, executions, invoke, jobs
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import AttemptResult, claim_next_execution, finish_attempt
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.store import scoped
 from batchyard.store.models import Account, Execution, Job, UsageDay
 

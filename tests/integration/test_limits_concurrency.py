@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
+from batchyard.domain.attempts import AttemptResult
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.services import accounts, executions, invoke
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import AttemptResult, claim_next_execution, finish_attempt
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.store.models import Account, Execution, Job, JobUsageDay, UsageDay
 
 CALLERS = 200

@@ -26,12 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogBatch, LogRecord
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.domain.notifications import signature
 from batchyard.errors import NotFound
-from batchyard.runtime.delivery_loop import DeliveryLoop, DeliveryPolicy
-from batchyard.runtime.smtp import (
+from batchyard.runtime.loops.delivery_loop import DeliveryLoop, DeliveryPolicy
+from batchyard.runtime.outbound.smtp import (
     NOT_SENT,
     RECIPIENTS_REFUSED,
     DeliveryFailure,
@@ -40,17 +41,10 @@ from batchyard.runtime.smtp import (
     SmtpConfig,
     SmtpMailer,
 )
-from batchyard.runtime.webhooks import WebhookPoster
+from batchyard.runtime.outbound.webhooks import WebhookPoster
 from batchyard.services import executions, invoke, notifications
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import (
-    AttemptResult,
-    ClaimedAttempt,
-    LogBatch,
-    LogRecord,
-    claim_next_execution,
-    finish_attempt,
-)
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.store.models import Account, Delivery, Job
 
 Result = Callable[..., AttemptResult]

@@ -11,16 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord, OutputFile
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.errors import Conflict, Forbidden, NotFound
 from batchyard.services import accounts, audit, executions, invoke, jobs
 from batchyard.services.context import Actor, Platform
 from batchyard.services.queue import (
-    AttemptResult,
-    ClaimedAttempt,
-    LogRecord,
-    OutputFile,
     append_logs,
     claim_next_execution,
     finish_attempt,
@@ -233,7 +230,8 @@ def test_sweep_fails_an_expired_attempt(platform: Platform, clock: FixedClock, o
     assert sweep_lost(platform, LEASE) == 1
 
     detail = executions.get_execution(platform, owner, execution.id)
-    assert (detail.execution.status, detail.execution.reason) == ("failed", "interrupted")
+    # An expired lease: the worker was lost (a node restart says "interrupted", below).
+    assert (detail.execution.status, detail.execution.reason) == ("failed", "worker_lost")
     assert detail.execution.lease_owner is None
     # Run time up to the last renewal, the best knowledge of when it stopped.
     assert [(a.status, a.runtime_seconds) for a in detail.attempts] == [("interrupted", 10)]

@@ -14,12 +14,13 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine, create_engine, func, select, text, update
 
+from batchyard.domain.attempts import AttemptResult
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.scheduler_loop import SchedulerLoop
+from batchyard.runtime.loops.scheduler_loop import SchedulerLoop
 from batchyard.services import accounts, executions, invoke, jobs, scheduler
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import AttemptResult, claim_next_execution, finish_attempt
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.services.secrets import SecretBox
 from batchyard.store.models import Account, Attempt, Execution, Job, LogLine, UsageDay
 

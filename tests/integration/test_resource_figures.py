@@ -1,6 +1,6 @@
 """Each attempt's CPU time and peak memory, at both isolation levels, from real jobs.
 
-The measure (runtime/resources.py): ``wait4`` of the spawned child, so the whole tree the
+The measure (runtime/box/resources.py): ``wait4`` of the spawned child, so the whole tree the
 child reaped; peak memory is the largest resident size of one process, CPU time is user +
 system of all of them.
 """
@@ -20,9 +20,9 @@ import pytest
 
 from batchyard.app import Server, job_python
 from batchyard.config import Settings
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.sandbox import SandboxUnavailable
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.runtime.box.sandbox import SandboxUnavailable
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, insert, select
 
 from batchyard.domain.clock import FixedClock
 from batchyard.errors import BatchyardError
-from batchyard.runtime.retention_loop import RetentionLoop, RetentionPolicy
+from batchyard.runtime.loops.retention_loop import RetentionLoop, RetentionPolicy
 from batchyard.services import audit, executions, invoke, retention
 from batchyard.services.context import Actor, Platform
 from batchyard.services.ids import new_id

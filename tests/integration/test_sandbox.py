@@ -26,17 +26,17 @@ import pytest
 
 from batchyard.app import Server, job_python
 from batchyard.config import Settings
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.jobroot import SYSTEM_PYTHONS
-from batchyard.runtime.sandbox import (
+from batchyard.runtime.box.jobroot import SYSTEM_PYTHONS
+from batchyard.runtime.box.sandbox import (
     Confinement,
     IsolationLevel,
     JobLimits,
     SandboxUnavailable,
     explain_failure,
 )
-from batchyard.runtime.sandbox_setup import detect_sandbox
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.runtime.box.sandbox_setup import detect_sandbox
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -286,7 +286,7 @@ def test_nothing_outside_its_folders_is_writable(server: Server) -> None:
                f"/root/{marker}", f"/home/{marker}"]
     if server.supervisor.sandbox.level is IsolationLevel.BUBBLEWRAP:
         # Without a mount namespace the host's world-writable /tmp, /var/tmp and /dev/shm
-        # stay writable, as for any unprivileged user (see runtime/sandbox.py).
+        # stay writable, as for any unprivileged user (see runtime/box/sandbox.py).
         targets += [f"/var/tmp/{marker}", f"/run/{marker}"]
     result, logs = run(server, attempt(f"""
 import os

@@ -23,11 +23,11 @@ import pytest
 
 from batchyard.app import Server, job_python
 from batchyard.config import Settings
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import SANDBOX_UNAVAILABLE, AttemptOutcome
-from batchyard.runtime import jobroot
-from batchyard.runtime.sandbox import IsolationLevel, JobLimits, Sandbox
-from batchyard.runtime.sandbox_setup import detect_sandbox
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.runtime.box import jobroot
+from batchyard.runtime.box.sandbox import IsolationLevel, JobLimits, Sandbox
+from batchyard.runtime.box.sandbox_setup import detect_sandbox
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from batchyard.app import job_python
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
 
 
 def zipped(main_py: str) -> bytes:
@@ -182,7 +183,7 @@ def main():
 
 
 def test_a_stop_between_two_steps_is_kept_for_the_next_step() -> None:
-    from batchyard.runtime.supervisor import _Stops
+    from batchyard.runtime.box.supervisor import _Stops
 
     stops = _Stops()
     seen: list[tuple[AttemptOutcome, str]] = []
@@ -239,3 +240,15 @@ def test_an_old_attempts_stop_and_end_never_reach_a_newer_attempt_of_the_same_ex
     assert supervisor.stop(new.execution_id, AttemptOutcome.CANCELLED, "cancelled")
     second.join(20)
     assert results[2].outcome is AttemptOutcome.CANCELLED
+
+
+def test_the_attempts_end_and_log_records_read_the_injected_clock(tmp_path: Path) -> None:
+    fixed = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    supervisor = Supervisor(job_python(None), tmp_path, RuntimeLimits(
+        kill_grace_seconds=0.3, log_cap_bytes=64 * 1024, log_line_max_bytes=1024,
+        artifact_cap_bytes=1000, artifact_max_files=2), clock=lambda: fixed)
+    result, logs = run(supervisor, attempt("def main():\n    print('hi')\n"))
+    assert result.outcome is AttemptOutcome.SUCCEEDED
+    assert result.ended_at == fixed
+    assert any(record.message == "hi" for record in logs)
+    assert all(record.at == fixed for record in logs if record.stream != "log")

@@ -11,10 +11,10 @@ import zipfile
 from pathlib import Path
 
 from batchyard.app import job_python
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import DEPENDENCY_INSTALL_FAILED, AttemptOutcome
-from batchyard.runtime.envcache import EnvCache
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.runtime.box.envcache import EnvCache
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
 
 LIMITS = RuntimeLimits(kill_grace_seconds=0.3, log_cap_bytes=64 * 1024, log_line_max_bytes=1024,
                        artifact_cap_bytes=1000, artifact_max_files=2)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from batchyard.app import job_python
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import SETUP_FAILED, AttemptOutcome
-from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
 
 
 def many_files(count: int) -> bytes:

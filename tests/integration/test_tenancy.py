@@ -8,15 +8,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from batchyard.domain.attempts import AttemptResult, OutputFile
 from batchyard.errors import NotFound
 from batchyard.services import accounts, executions, invoke, jobs
 from batchyard.services.context import Actor, Platform
-from batchyard.services.queue import (
-    AttemptResult,
-    OutputFile,
-    claim_next_execution,
-    finish_attempt,
-)
+from batchyard.services.queue import claim_next_execution, finish_attempt
 from batchyard.store import scoped
 from batchyard.store.models import Account, Execution, Job
 

@@ -48,7 +48,8 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = 200) -> None:
+        self.max_connections = max_connections
         if os.geteuid() != 0:
             raise ClusterUnavailable("a private cluster is made as root (runuser -u postgres)")
         try:
@@ -87,7 +88,7 @@ class PostgresCluster:
         # fsync off: a test cluster's durability across a host crash is not under test; a
         # killed server still recovers from its WAL.
         options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c max_connections=200")
+                   f"-c fsync=off -c max_connections={self.max_connections}")
         self._as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options,
                            "-l", str(self.log), "-w", "-t", "60", "start"])
         return self

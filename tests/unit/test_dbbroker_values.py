@@ -12,9 +12,14 @@ import pymysql
 import pytest
 
 from batchyard.errors import InvalidInput
-from batchyard.runtime.dbbroker import credentials_in, describe_error, scrub
-from batchyard.runtime.dbrun import split_sqlite, trim_mysql
-from batchyard.runtime.dbvalues import ReplyTooLarge, RowBudget, to_json_value, unique_columns
+from batchyard.runtime.channel.dbbroker import credentials_in, describe_error, scrub
+from batchyard.runtime.channel.dbrun import split_sqlite, trim_mysql
+from batchyard.runtime.channel.dbvalues import (
+    ReplyTooLarge,
+    RowBudget,
+    to_json_value,
+    unique_columns,
+)
 from batchyard.services.databases import driver_url
 
 PASSWORD = "pa:ss@w/rd?&#%é"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from batchyard.runtime.dbguard import QueryStopped, RequestGuard
+from batchyard.runtime.channel.dbguard import QueryStopped, RequestGuard
 
 
 def test_a_guard_that_is_not_needed_does_nothing() -> None:

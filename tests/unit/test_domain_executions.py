@@ -57,6 +57,13 @@ def test_interrupted_with_retries_exhausted() -> None:
         ExecutionStatus.FAILED, False, "interrupted")
 
 
+def test_a_lost_worker_is_named_once_retries_are_exhausted() -> None:
+    assert after_attempt(AttemptOutcome.INTERRUPTED, 1, 0, worker_lost=True) == AfterAttempt(
+        ExecutionStatus.FAILED, False, "worker_lost")
+    assert after_attempt(AttemptOutcome.INTERRUPTED, 1, 1, worker_lost=True) == AfterAttempt(
+        ExecutionStatus.QUEUED, True, None)
+
+
 @pytest.mark.parametrize("retries", [0, 1])
 @pytest.mark.parametrize("budget", [None, 0.0, 100.0])
 def test_cancel_is_final_whatever_the_retries(retries: int, budget: float | None) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from batchyard.runtime.logsink import LogSink, mask, mask_data
-from batchyard.services.queue import LogRecord
+from batchyard.domain.attempts import LogRecord
+from batchyard.runtime.box.logsink import LogSink, mask, mask_data
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

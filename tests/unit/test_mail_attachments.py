@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from batchyard.runtime.mailer import AttachmentRefused, read_output_file, running_output_folder
-from batchyard.runtime.smtp import Attachment, OutgoingEmail, build_message
+from batchyard.runtime.channel.mailer import (
+    AttachmentRefused,
+    read_output_file,
+    running_output_folder,
+)
+from batchyard.runtime.outbound.smtp import Attachment, OutgoingEmail, build_message
 
 CAP = 1024
 

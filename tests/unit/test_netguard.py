@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from batchyard.runtime.netguard import nameservers, removal, ruleset, table_name
+from batchyard.runtime.box.netguard import nameservers, removal, ruleset, table_name
 
 
 def test_nameservers_are_read_in_order_without_duplicates_nor_zones() -> None:

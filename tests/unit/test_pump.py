@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from batchyard.runtime.pump import OutputPump, Part
+from batchyard.runtime.box.pump import OutputPump, Part
 
 LIMIT = 8
 

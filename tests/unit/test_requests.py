@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from batchyard.runtime.requests import MAX_WAITING, TOO_MANY, Reply, RequestDispatcher
-from batchyard.services.queue import ClaimedAttempt
+from batchyard.domain.attempts import ClaimedAttempt
+from batchyard.runtime.channel.dispatcher import MAX_WAITING, TOO_MANY, Reply, RequestDispatcher
 
 ATTEMPT = ClaimedAttempt(
     execution_id="exe_unit", account_id="acc_unit", job_id="job_unit", job_name="unit",

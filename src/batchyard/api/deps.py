@@ -24,7 +24,7 @@ async def get_platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
-def _bearer(request: Request) -> str:
+def bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -35,7 +35,7 @@ def _bearer(request: Request) -> str:
 async def current_actor(request: Request, platform: PlatformDep) -> Actor:
     """A key seen in the last second is answered from memory, on the event loop;
     otherwise the database read runs in a worker thread."""
-    secret = _bearer(request)
+    secret = bearer(request)
     actor = accounts.cached_actor(platform, secret)
     if actor is not None:
         return actor
@@ -54,7 +54,7 @@ async def api_key_valid(platform: Platform, secret: str) -> bool:
 
 
 async def operator(request: Request) -> None:
-    token = _bearer(request)
+    token = bearer(request)
     expected: str = request.app.state.operator_token
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise NotAuthenticated("This endpoint needs the operator token.")

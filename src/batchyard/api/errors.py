@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchyard.api.strict_json import RequestRefused
@@ -25,7 +26,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BatchyardError)
     async def _batchyard(_request: Request, exc: BatchyardError) -> JSONResponse:
         headers = {}
-        if exc.status == 429 and "retry_after" in exc.extra:
+        if exc.status in (429, 503) and "retry_after" in exc.extra:
             headers["Retry-After"] = str(int(exc.extra["retry_after"]))
         if exc.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
@@ -54,6 +55,15 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed_methods(request))
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=headers)
+
+    @app.exception_handler(SQLAlchemyTimeout)
+    async def _overloaded(_request: Request, exc: SQLAlchemyTimeout) -> JSONResponse:
+        # Every database connection of this process is busy: the caller is told to come
+        # back (workers and well-behaved clients do) rather than left to time out.
+        log.warning("database connections exhausted: answering 503")
+        return JSONResponse(error_body("overloaded", "The server is busy; try again "
+                                       "shortly.", retry_after=2), status_code=503,
+                            headers={"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

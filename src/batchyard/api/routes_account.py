@@ -15,7 +15,7 @@ from batchyard.api.strict_json import StrictJsonRoute, shown
 from batchyard.domain import forecast as projection
 from batchyard.domain.roles import Permission
 from batchyard.errors import InvalidInput
-from batchyard.services import accounts, audit, executions, sessions
+from batchyard.services import accounts, audit, executions, nodes, sessions
 from batchyard.services import forecast as forecasts
 
 router = APIRouter(prefix="/api/v1", tags=["account"], route_class=StrictJsonRoute)
@@ -121,10 +121,18 @@ def audit_trail(actor: CurrentActor, platform: PlatformDep, job_id: str | None =
 def health(request: Request, platform: PlatformDep) -> schemas.Health:
     """Open to anyone (a readiness probe); with the operator token it adds the sandbox's
     details: whether jobs run here, and if not, why and what to change."""
-    sandbox = None
+    sandbox = roles = live = None
     if is_operator(request):
         sandbox = schemas.SandboxHealth(**request.app.state.sandbox_report)
+        server = request.app.state.server
+        roles = sorted(server.roles)
+        live = [schemas.NodeHealth(id=n.id, roles=list(n.roles), capacity=n.capacity,
+                                   running=n.running, labels=list(n.labels), remote=n.remote,
+                                   version=n.version, started_at=n.started_at,
+                                   heartbeat_at=n.heartbeat_at)
+                for n in nodes.live_nodes(platform, server.live_nodes_within())]
     return schemas.Health(status="ok", version=__version__,
                           database="sqlite" if platform.db.is_sqlite else "postgresql",
                           isolation=request.app.state.isolation,
-                          workers=request.app.state.workers, sandbox=sandbox)
+                          workers=request.app.state.workers, sandbox=sandbox, roles=roles,
+                          nodes=live)

@@ -137,6 +137,8 @@ class SettingsIn(Strict):
     webhook: WebhookIn | None = None
     # null removes the alerts.
     alerts: AlertsIn | None = None
+    # Labels every worker running the job must advertise (e.g. ["gpu", "region=eu"]).
+    worker_labels: list[str] | None = None
 
 
 class VariableIn(Strict):
@@ -254,6 +256,7 @@ class SettingsOut(BaseModel):
     notify: NotifyOut
     webhook: WebhookOut | None = None
     alerts: AlertsOut | None = None
+    worker_labels: list[str] = []
 
 
 class LastExecution(BaseModel):
@@ -442,7 +445,7 @@ class AuditList(BaseModel):
 
 
 class SandboxHealth(BaseModel):
-    """The operator's view of job isolation (runtime/sandbox_setup.py)."""
+    """The operator's view of job isolation (runtime/box/sandbox_setup.py)."""
 
     level: str  # bubblewrap, rlimits, unconfined (BATCHYARD_SANDBOX=off) or unavailable
     jobs_run: bool
@@ -455,6 +458,18 @@ class SandboxHealth(BaseModel):
     job_uids: list[int] | None = None
 
 
+class NodeHealth(BaseModel):
+    id: str
+    roles: list[str]
+    capacity: int
+    running: int
+    labels: list[str]
+    remote: bool
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -463,3 +478,7 @@ class Health(BaseModel):
     workers: int
     # Only with the operator token.
     sandbox: SandboxHealth | None = None
+    # Only with the operator token: this process's roles, and the live nodes (processes
+    # and remote workers heard from within three heartbeats).
+    roles: list[str] | None = None
+    nodes: list[NodeHealth] | None = None

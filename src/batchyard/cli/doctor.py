@@ -50,8 +50,8 @@ def run_checks(settings: Settings) -> list[Finding]:
 def check_sandbox(settings: Settings) -> Finding:
     from batchyard.app import job_python
     from batchyard.errors import BatchyardError
-    from batchyard.runtime.sandbox import IsolationLevel, JobLimits
-    from batchyard.runtime.sandbox_setup import detect_sandbox
+    from batchyard.runtime.box.sandbox import IsolationLevel, JobLimits
+    from batchyard.runtime.box.sandbox_setup import detect_sandbox
 
     if settings.sandbox == "off":
         return Finding(WARN, "sandbox", "BATCHYARD_SANDBOX=off: jobs run unconfined",
@@ -87,7 +87,7 @@ def check_sandbox(settings: Settings) -> Finding:
 
 
 def check_network_guard(settings: Settings) -> Finding:
-    from batchyard.runtime.netguard import find_nft
+    from batchyard.runtime.box.netguard import find_nft
 
     if settings.job_network == "open":
         return Finding(WARN, "network guard", "BATCHYARD_JOB_NETWORK=open: jobs reach this "
@@ -153,7 +153,7 @@ def check_database(settings: Settings) -> Finding:
 
 
 def check_smtp(settings: Settings) -> Finding:
-    from batchyard.runtime.smtp import SmtpConfig
+    from batchyard.runtime.outbound.smtp import SmtpConfig
 
     config = SmtpConfig.from_settings(settings)
     if config is None:

@@ -1,5 +1,5 @@
 """``batchyard run --db main=URL``: the job's queries on the developer's own database,
-through the server's broker (runtime/dbbroker.py), so values, limits, timeouts and errors
+through the server's broker (runtime/channel/dbbroker.py), so values, limits, timeouts and errors
 are the platform's. Imported only when ``--db`` is given: the broker loads SQLAlchemy."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from batchyard.runtime.dbbroker import DatabaseBroker
-from batchyard.runtime.dbrun import QueryLimits
-from batchyard.runtime.requests import Reply
+from batchyard.domain.attempts import ClaimedAttempt
+from batchyard.runtime.channel.dbbroker import DatabaseBroker
+from batchyard.runtime.channel.dbrun import QueryLimits
+from batchyard.runtime.channel.dispatcher import Reply
 from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt
 
 LOCAL_QUERY_LIMITS = QueryLimits(statement_timeout_seconds=300.0, connect_timeout_seconds=10.0,
                                  max_rows=100_000, max_reply_bytes=32 * 1024 * 1024)

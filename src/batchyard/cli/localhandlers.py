@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchyard.runtime.requests import LOG_NOTE, Reply
+from batchyard.runtime.channel.dispatcher import LOG_NOTE, Reply
 
 if TYPE_CHECKING:
-    from batchyard.services.queue import ClaimedAttempt
+    from batchyard.domain.attempts import ClaimedAttempt
 
 QUERY_ANSWERS = "query.json"
 

@@ -1,7 +1,7 @@
 """``batchyard run``: one attempt on this machine through the server's own runtime.
 
 The project is packed and validated as for an upload, then run by the server's
-``Supervisor`` (runtime/supervisor.py): the same boot, SDK, channel dispatcher, log
+``Supervisor`` (runtime/box/supervisor.py): the same boot, SDK, channel dispatcher, log
 masking, deadline kill and output collection, with ``--sandbox`` the same sandbox
 detection, and requirements installed with uv into a cached environment by the same
 ``EnvCache``. Only the channel's answers differ (localhandlers.py).
@@ -54,12 +54,12 @@ def run_locally(project: Project, package: Package, variables: Mapping[str, str]
     # The server's runtime: imported only now, so the other commands start fast.
     from batchyard.cli.localhandlers import QUERY_ANSWERS, PrintedEmail, QueryAnswers
     from batchyard.domain import codezip
-    from batchyard.runtime.envcache import EnvCache
-    from batchyard.runtime.sandbox import JobLimits, Sandbox
-    from batchyard.runtime.sandbox_setup import detect_sandbox
-    from batchyard.runtime.supervisor import RuntimeLimits, Supervisor
+    from batchyard.domain.attempts import ClaimedAttempt, LogRecord
+    from batchyard.runtime.box.envcache import EnvCache
+    from batchyard.runtime.box.sandbox import JobLimits, Sandbox
+    from batchyard.runtime.box.sandbox_setup import detect_sandbox
+    from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
     from batchyard.sdk import JOBPATH
-    from batchyard.services.queue import ClaimedAttempt, LogRecord
 
     manifest = codezip.inspect_code_zip(package.data, len(package.data))
     python = job_python()

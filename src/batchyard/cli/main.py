@@ -16,6 +16,7 @@ import typer
 from batchyard.cli import account, kit, operate
 from batchyard.cli.common import chosen
 from batchyard.cli.ops import register as register_operations
+from batchyard.cli.roles import run_server, worker
 from batchyard.logs import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -38,17 +39,18 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder for all stored data.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker threads (0: API only).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker slots (0: no worker role, an alias of --role without worker).")] = None,
     demo: Annotated[bool, typer.Option(help="Create/print the demo account and job.")] = False,
+    role: Annotated[str | None, typer.Option(
+        help="What this process does: a comma-separated subset of api,scheduler,worker "
+             "(default all).")] = None,
 ) -> None:
-    """Run the API, the worker pool and the sweeper in one process."""
-
-    import uvicorn
-
+    """Run the API, the scheduler and the worker pool (or the roles given) in one process."""
     from batchyard.config import Settings
 
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
-                                   "workers": workers}.items() if v is not None}
+                                   "workers": workers, "roles": role}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_format)
     from batchyard.app import Server
@@ -59,6 +61,9 @@ def serve(
     except DataFolderBusy as exc:
         typer.echo(f"batchyard: {exc.message}", err=True)
         raise typer.Exit(code=1) from None
+    except ValueError as exc:  # roles
+        typer.echo(f"batchyard: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     typer.echo(f"batchyard {settings.resolved_database_url.split(':', 1)[0]} store at "
                f"{server.data_dir}")
@@ -80,10 +85,12 @@ def serve(
                    f"-d '{{\"name\": \"you\"}}' {url}/api/v1/jobs/{info.job_id}/invoke")
         typer.echo("Then read it:  curl -s -H 'Authorization: Bearer "
                    f"{info.api_key}' {url}/api/v1/executions/<execution_id>\n")
-    else:
+    elif "api" in server.roles:
         typer.echo(f"batchyard is at {url}")
-    uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=15)
+    run_server(server)
+
+
+app.command()(worker)
 
 
 # The developer kit (and the vendor's lsbatch verbs as aliases).

@@ -48,6 +48,9 @@ SETUP_FAILED = "setup_failed"
 RUNTIME_BUDGET_EXHAUSTED = "runtime_budget_exhausted"  # no budget left at the start
 JOB_UNPUBLISHED = "job_unpublished"  # queued when its job was unpublished
 JOB_DELETED = "job_deleted"  # queued when its job was deleted
+# The worker running the last attempt stopped renewing its lease (a host or network lost);
+# "interrupted" is kept for a node that restarted and took back its own attempts.
+WORKER_LOST = "worker_lost"
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,15 @@ class AfterAttempt:
 
 def after_attempt(outcome: AttemptOutcome, attempt_number: int, retries: int,
                   budget_left_seconds: float | None = None,
-                  final_failure: str | None = None) -> AfterAttempt:
+                  final_failure: str | None = None, worker_lost: bool = False,
+                  ) -> AfterAttempt:
     """Decide between a retry and a final status.
 
     ``attempt_number`` counts from 1. A retry starts only while retries remain
     and, when the budget is known, while some of it is left (SPEC §3).
     ``final_failure`` names a failure that a retry would only repeat (such as
     ``DEPENDENCY_INSTALL_FAILED``): the execution fails at once, with it as reason.
+    ``worker_lost``: an interrupted attempt whose worker stopped renewing its lease.
     """
     if outcome is AttemptOutcome.SUCCEEDED:
         return AfterAttempt(ExecutionStatus.SUCCEEDED, False, None)
@@ -81,7 +86,9 @@ def after_attempt(outcome: AttemptOutcome, attempt_number: int, retries: int,
         return AfterAttempt(ExecutionStatus.QUEUED, True, None)
     if outcome is AttemptOutcome.TIMED_OUT:
         return AfterAttempt(ExecutionStatus.TIMED_OUT, False, "timeout")
-    reason = "interrupted" if outcome is AttemptOutcome.INTERRUPTED else "error"
+    reason = "error"
+    if outcome is AttemptOutcome.INTERRUPTED:
+        reason = WORKER_LOST if worker_lost else "interrupted"
     if retry_left and not budget_ok:
         reason = RUNTIME_BUDGET_EXHAUSTED
     return AfterAttempt(ExecutionStatus.FAILED, False, reason)

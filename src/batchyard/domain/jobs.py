@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import keyword
 import re
 from collections.abc import Callable
@@ -95,10 +96,13 @@ class JobSettings:
     webhook: Webhook | None = None
     # Quiet-schedule and duration alerts (domain/alerts.py); None: none.
     alerts: Alerts | None = None
+    # Labels a worker must advertise (all of them) to run this job, e.g. ("gpu",).
+    worker_labels: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["concurrency"] = self.concurrency.value
+        data["worker_labels"] = list(self.worker_labels)
         data["notify"] = {"on_failure": list(self.notify.on_failure),
                           "on_success": list(self.notify.on_success)}
         data["webhook"] = None if self.webhook is None else {
@@ -125,7 +129,10 @@ def settings_from_dict(data: dict[str, Any] | None) -> JobSettings:
     webhook = data.pop("webhook", None)
     alerts = alerts_from_dict(data.pop("alerts", None))
     known = {k: v for k, v in data.items()
-             if k in {"timeout_minutes", "retries", "concurrency", "misfire_grace_minutes"}}
+             if k in {"timeout_minutes", "retries", "concurrency", "misfire_grace_minutes",
+                      "worker_labels"}}
+    if "worker_labels" in known:
+        known["worker_labels"] = tuple(known["worker_labels"])
     if "concurrency" in known:
         known["concurrency"] = Concurrency(known["concurrency"])
     return replace(JobSettings(), **known,
@@ -134,6 +141,31 @@ def settings_from_dict(data: dict[str, Any] | None) -> JobSettings:
                    webhook=Webhook(str(webhook["url"]), webhook.get("secret"))
                    if isinstance(webhook, dict) and webhook.get("url") else None,
                    alerts=alerts)
+
+
+MAX_WORKER_LABELS = 6
+WORKER_LABEL = re.compile(r"^[a-z0-9][a-z0-9._=-]{0,39}$")
+
+
+def validate_worker_labels(value: object, name: str = "worker_labels") -> tuple[str, ...]:
+    """Labels such as ``gpu`` or ``region=eu``: sorted, without repeats."""
+    if not isinstance(value, list) or len(value) > MAX_WORKER_LABELS:
+        raise InvalidInput(f"{name} must be a list of at most {MAX_WORKER_LABELS} labels",
+                           field=name)
+    for item in value:
+        if not isinstance(item, str) or not WORKER_LABEL.match(item):
+            raise InvalidInput(f"{name}: {item!r} is not a label (lower-case letters, digits "
+                               "and . _ = -, at most 40)", field=name)
+    return tuple(sorted(set(value)))
+
+
+def label_sets(labels: tuple[str, ...]) -> list[str]:
+    """Every set of labels a worker with ``labels`` satisfies, each as the sorted,
+    comma-joined text an execution stores ('' for none): a job runs on a worker when its
+    labels are one of them."""
+    chosen = sorted(set(labels))[:MAX_WORKER_LABELS]
+    return [",".join(combo) for size in range(len(chosen) + 1)
+            for combo in itertools.combinations(chosen, size)]
 
 
 def _number(value: object, name: str) -> float:
@@ -239,6 +271,8 @@ def apply_settings_changes(current: JobSettings, changes: dict[str, Any],
                 raise InvalidInput("misfire_grace_minutes must be between 0 and 10080",
                                    field=key)
             updates[key] = minutes
+        elif key == "worker_labels":
+            updates[key] = validate_worker_labels(value, key)
         elif key == "notify":
             if not isinstance(value, dict):
                 raise InvalidInput("notify must be an object", field=key)

@@ -160,7 +160,8 @@ def admit_many(platform: Platform, session: Session, account_id: str,
             params=invocation.params, account_day=day, created_at=now,
             reserved_seconds=settings.timeout_seconds if strict else 0.0,
             next_attempt_at=now if admission.admitted else None,
-            ended_at=None if admission.admitted else now))
+            ended_at=None if admission.admitted else now,
+            worker_labels=",".join(settings.worker_labels)))
         if admission.admitted:
             added_executions += 1
             added_reserved += settings.timeout_seconds if strict else 0.0

@@ -4,7 +4,7 @@ When an execution reaches its final state, the transaction that records it also
 writes the deliveries it owes (summary e-mail, webhook call): nothing is lost if
 the process dies right after, nothing is sent for an end that was rolled back, and
 the worker never waits on an SMTP or HTTP server. The delivery loop
-(runtime/delivery_loop.py) claims due rows, sends them and records the outcome.
+(runtime/loops/delivery_loop.py) claims due rows, sends them and records the outcome.
 Every statement names the row's account.
 """
 

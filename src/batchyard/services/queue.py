@@ -10,7 +10,6 @@ import functools
 import itertools
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +18,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
 from batchyard.domain.admission import account_day
+from batchyard.domain.attempts import (
+    AttemptResult,
+    ClaimedAttempt,
+    LogBatch,
+    LogRecord,
+)
 from batchyard.domain.executions import (
     JOB_DELETED,
     JOB_UNPUBLISHED,
@@ -28,7 +33,7 @@ from batchyard.domain.executions import (
     ExecutionStatus,
     after_attempt,
 )
-from batchyard.domain.jobs import JobSettings
+from batchyard.domain.jobs import JobSettings, label_sets
 from batchyard.domain.plans import plan_from_dict
 from batchyard.errors import internal_error_message, new_reference
 from batchyard.services import metrics, notifications
@@ -49,76 +54,6 @@ from batchyard.store.models import (
 log = logging.getLogger("batchyard.queue")
 
 
-@dataclass(frozen=True)
-class ClaimedAttempt:
-    """Everything a supervisor needs to run one attempt, read in the claim's transaction."""
-
-    execution_id: str
-    account_id: str
-    job_id: str
-    job_name: str
-    number: int
-    worker: str
-    revision: int
-    code: bytes
-    main_parameters: int
-    requirements: str | None
-    variables: dict[str, str]
-    secret_values: tuple[str, ...]
-    deadline_seconds: float
-    timeout_seconds: float
-    params: dict[str, Any]
-    source: str
-    database_access: bool
-    log_seq: int
-    log_bytes: int
-    log_truncated: bool
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    at: datetime
-    stream: str
-    message: str
-    level: str | None = None
-    data: Any = None
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    name: str
-    content: bytes
-    sha256: str
-
-
-@dataclass(frozen=True)
-class LogBatch:
-    """Log records not yet stored, with the execution's log counters after them."""
-
-    records: tuple[LogRecord, ...]
-    first_seq: int
-    used_bytes: int
-    truncated: bool
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    outcome: AttemptOutcome
-    runtime_seconds: float
-    exit_code: int | None
-    error: str | None
-    ended_at: datetime
-    artifacts: tuple[OutputFile, ...] = field(default=())
-    # The attempt's last log records, stored in the same transaction as its end.
-    logs: LogBatch | None = None
-    # A failure no retry would mend (domain.executions.DEPENDENCY_INSTALL_FAILED): it ends
-    # the execution and becomes its reason.
-    final_failure: str | None = None
-    # What the attempt's processes used (runtime/resources.py); None: not measured.
-    cpu_seconds: float | None = None
-    peak_memory_bytes: int | None = None
-
-
 @functools.cache
 def _heads_statement() -> Any:
     """The oldest due execution of each account, least busy account first.
@@ -130,7 +65,10 @@ def _heads_statement() -> Any:
     """
     queued = (select(_EXECUTION.c.account_id, func.min(_EXECUTION.c.id).label("head"))
               .where(_EXECUTION.c.status == "queued",
-                     _EXECUTION.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()))
+                     _EXECUTION.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
+                     # Only what this worker's labels satisfy (domain.jobs.label_sets).
+                     _EXECUTION.c.worker_labels.in_(bindparam("label_sets",
+                                                               expanding=True)))
               .group_by(_EXECUTION.c.account_id).subquery())
     busy = _busy(queued.c.account_id)
     return (select(queued.c.head, queued.c.account_id, busy, Account.plan)
@@ -158,13 +96,15 @@ def _account_slots_statement() -> Any:
 _HEADS_PAGE = 16
 
 
-def _candidates(session: Session, now: datetime) -> Iterator[tuple[str, str]]:
+def _candidates(session: Session, now: datetime, sets: list[str]) -> \
+        Iterator[tuple[str, str]]:
     """(execution, account) heads of accounts below their plan's max_concurrent_executions,
     least busy first; accounts at their limit are passed over (their executions wait)."""
     connection = session.connection()
     for page in itertools.count():
         rows = connection.execute(_heads_statement(), {
-            "now": now, "heads": _HEADS_PAGE, "skip": page * _HEADS_PAGE}).all()
+            "now": now, "heads": _HEADS_PAGE, "skip": page * _HEADS_PAGE,
+            "label_sets": sets}).all()
         for head, account_id, busy, plan in rows:
             if busy < plan_from_dict(plan).max_concurrent_executions:
                 yield head, account_id
@@ -183,9 +123,12 @@ def _has_free_slot(session: Session, account_id: str) -> bool:
 _CLAIM_ROUNDS = 8
 
 
-def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) -> \
-        ClaimedAttempt | None:
+def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
+                         labels: tuple[str, ...] = ()) -> ClaimedAttempt | None:
+    """The next attempt for ``worker``, whose advertised ``labels`` must include every
+    label the execution's job asks for (its worker_labels setting)."""
     now = platform.clock.now()
+    sets = label_sets(labels)
     with platform.db.write() as session:
         # The conditional UPDATE is the claim: of two workers that pick the same head,
         # one updates it and the other (on PostgreSQL, after waiting for the first to
@@ -194,7 +137,7 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float) 
         # this transaction and the next head is tried: one bad row never wedges the queue.
         for _ in range(_CLAIM_ROUNDS):
             progressed = False
-            for execution_id, account_id in _candidates(session, now):
+            for execution_id, account_id in _candidates(session, now, sets):
                 if not _has_free_slot(session, account_id):
                     continue
                 row = session.connection().execute(_claim_statement(), {
@@ -412,6 +355,38 @@ _DELETE_ARTIFACT = delete(_ARTIFACT).where(
 _INSERT_ARTIFACT = insert(_ARTIFACT)
 
 
+_OWNED_ATTEMPT = select(_EXECUTION.c.account_id, _EXECUTION.c.job_id, _EXECUTION.c.job_name,
+                        _EXECUTION.c.revision, _EXECUTION.c.source, _ACCOUNT.c.plan) \
+    .join(_ACCOUNT, _ACCOUNT.c.id == _EXECUTION.c.account_id).where(_OWNED)
+
+
+def owned_attempt(platform: Platform, execution_id: str, number: int, worker: str) -> \
+        ClaimedAttempt | None:
+    """The running attempt ``number`` of an execution while ``worker`` holds its lease, as
+    far as a remote worker's later calls need it (no code, variables or params: those went
+    with the claim); None once it is not that worker's (fenced)."""
+    with platform.db.read() as session:
+        row = session.connection().execute(_OWNED_ATTEMPT, {
+            "eid": execution_id, "num": number, "worker": worker}).first()
+    if row is None:
+        return None
+    return ClaimedAttempt(
+        execution_id=execution_id, account_id=row.account_id, job_id=row.job_id,
+        job_name=row.job_name, number=number, worker=worker, revision=row.revision, code=b"",
+        main_parameters=0, requirements=None, variables={}, secret_values=(),
+        deadline_seconds=0.0, timeout_seconds=0.0, params={}, source=row.source,
+        database_access=plan_from_dict(row.plan).database_access, log_seq=0, log_bytes=0,
+        log_truncated=False)
+
+
+def attempt_code(platform: Platform, attempt: ClaimedAttempt) -> bytes:
+    """The code zip of an attempt's revision (a remote worker fetches it once per digest)."""
+    with platform.db.read() as session:
+        revision = platform.revisions.get(session, attempt.account_id, attempt.job_id,
+                                          attempt.revision)
+        return platform.revisions.code(session, revision).content
+
+
 def _owner(attempt: ClaimedAttempt) -> dict[str, Any]:
     return {"eid": attempt.execution_id, "num": attempt.number, "worker": attempt.worker}
 
@@ -482,7 +457,7 @@ def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptR
 
 
 def _close_attempt(platform: Platform, session: Session, execution_id: str, number: int,
-                   result: AttemptResult) -> None:
+                   result: AttemptResult, worker_lost: bool = False) -> None:
     connection = session.connection()
     day, charged = connection.execute(_END_ATTEMPT, {
         "eid": execution_id, "num": number, "p_status": result.outcome.value,
@@ -505,7 +480,7 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     cancelled = cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
     outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
     decision = after_attempt(outcome, number, settings.retries, budget_left,
-                             result.final_failure)
+                             result.final_failure, worker_lost)
     if decision.retry:
         connection.execute(_REQUEUE, {"eid": execution_id, "p_at": result.ended_at})
         return
@@ -555,10 +530,14 @@ def sweep_lost(platform: Platform, lease_seconds: float, owner_prefix: str | Non
                          if execution.lease_expires_at else now)
             runtime = max(0.0, min((last_seen - attempt.started_at).total_seconds(),
                                    attempt.deadline_seconds))
+            # A node taking back its previous life's attempts knows they were interrupted;
+            # an expired lease says only that the worker stopped renewing it.
             _close_attempt(platform, session, execution.id, attempt.number, AttemptResult(
                 AttemptOutcome.INTERRUPTED, runtime, None,
-                "The worker running this attempt stopped (server restart or lost worker).",
-                now))
+                "The node running this attempt stopped (it restarted since)."
+                if owner_prefix else
+                "The worker running this attempt stopped renewing its lease (worker lost).",
+                now), worker_lost=not owner_prefix)
             swept += 1
             if owner_prefix is None:
                 metrics.LEASE_EXPIRIES.inc()

@@ -190,6 +190,8 @@ class Execution(Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The job's worker_labels at admission, sorted and comma-joined ('' for any worker).
+    worker_labels: Mapped[str] = mapped_column(String(300), default="", server_default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -207,7 +209,8 @@ def execution_row(**fields: Any) -> dict[str, Any]:
             "started_at": None, "ended_at": None, "runtime_seconds": 0.0,
             "reserved_seconds": 0.0, "attempt_count": 0, "next_attempt_at": None,
             "lease_owner": None, "lease_expires_at": None, "cancel_requested": False,
-            "log_bytes": 0, "log_seq": 0, "log_truncated": False, "emails_sent": 0, **fields}
+            "log_bytes": 0, "log_seq": 0, "log_truncated": False, "emails_sent": 0,
+            "worker_labels": "", **fields}
 
 
 class Attempt(Base):
@@ -384,3 +387,32 @@ class AlertIncident(Base):
     subject: Mapped[str] = mapped_column(String(64))
     opened_at: Mapped[datetime]
     recovered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Node(Base):
+    """A live process of the platform (or a remote worker), known by its heartbeat."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    # Comma-separated subset of api, scheduler, worker.
+    roles: Mapped[str] = mapped_column(String(64))
+    capacity: Mapped[int] = mapped_column(Integer)
+    running: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list[Any]] = mapped_column(JSON)
+    remote: Mapped[bool] = mapped_column(Boolean)
+    version: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WorkerToken(Base):
+    """A remote worker's credential (stored as SHA-256); it opens /api/v1/worker/* only."""
+
+    __tablename__ = "worker_tokens"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchyard.domain import codezip
-from batchyard.services.queue import OutputFile
+from batchyard.domain.attempts import OutputFile
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from batchyard.domain.notifications import (
     summary_text,
     webhook_body,
 )
-from batchyard.runtime.driver import Driver, seconds_until
-from batchyard.runtime.smtp import DeliveryFailure, Mailer, OutgoingEmail
-from batchyard.runtime.webhooks import WebhookPoster
+from batchyard.runtime.loops.driver import Driver, seconds_until
+from batchyard.runtime.outbound.smtp import DeliveryFailure, Mailer, OutgoingEmail
+from batchyard.runtime.outbound.webhooks import WebhookPoster
 from batchyard.services import notifications
 from batchyard.services.context import Platform
 from batchyard.services.notifications import ClaimedDelivery

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from batchyard.runtime.driver import Driver
+from batchyard.runtime.loops.driver import Driver
 from batchyard.services import alerts
 from batchyard.services.context import Platform
 

@@ -21,7 +21,7 @@ start; glibc's 127.0.0.1 when it names none) are accepted first, wherever they a
 
 The uid matched is the one the kernel records on the socket: the attempt's own uid at
 both levels, because bwrap runs as root *without* a user namespace and the prelude
-switches to the attempt's uid (runtime/sandbox.py), and the rlimits launcher switches
+switches to the attempt's uid (runtime/box/sandbox.py), and the rlimits launcher switches
 the same way. A server that is not root (or whose jobs run as its own uid) has no range
 to match: the guard is then not installed, said in a warning, in ``GET /api/v1/health``
 and in each attempt's first log line, and the server starts anyway (as ``sandbox=auto``

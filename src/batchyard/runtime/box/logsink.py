@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from batchyard.services.queue import LogBatch, LogRecord
+from batchyard.domain.attempts import LogBatch, LogRecord
 
 MASK = "***"
 LogWriter = Callable[[list[LogRecord], int, int, bool], bool]

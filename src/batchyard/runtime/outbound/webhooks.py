@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import httpcore
 
 from batchyard import __version__
-from batchyard.runtime.smtp import DeliveryFailure
+from batchyard.runtime.outbound.smtp import DeliveryFailure
 
 # host, port -> the addresses to connect to (the real one is socket.getaddrinfo).
 Resolver = Callable[[str, int], list[str]]

@@ -4,7 +4,7 @@ Credentials never enter the sandbox. The job's SDK sends ``{"type": "db", "targe
 "main"|"etl", "sql": ..., "multi": bool}`` over its channel; this handler, in the
 server, checks that the account may query (the attempt's claim *and* the account's
 plan now: the job's own context could be faked), decrypts the account's URL, runs
-the SQL (runtime/dbrun.py) and answers ``{"ok": true, "rows": [...]}`` (or
+the SQL (runtime/channel/dbrun.py) and answers ``{"ok": true, "rows": [...]}`` (or
 ``"results": [[...], ...]`` for ``multi``) or ``{"ok": false, "error": ...}``, with
 ``"unauthorized": true`` when the plan refuses (the SDK raises MXUnauthorizedDBAccess).
 
@@ -29,14 +29,19 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
+from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.errors import BatchyardError
-from batchyard.runtime.dbguard import ATTEMPT_ENDED, QueryStopped, RequestGuard
-from batchyard.runtime.dbrun import QueryLimits, QueryRefused, create_query_engine, run_query
-from batchyard.runtime.dbvalues import ReplyTooLarge
-from batchyard.runtime.requests import LOG_NOTE, Reply
+from batchyard.runtime.channel.dbguard import ATTEMPT_ENDED, QueryStopped, RequestGuard
+from batchyard.runtime.channel.dbrun import (
+    QueryLimits,
+    QueryRefused,
+    create_query_engine,
+    run_query,
+)
+from batchyard.runtime.channel.dbvalues import ReplyTooLarge
+from batchyard.runtime.channel.dispatcher import LOG_NOTE, Reply
 from batchyard.services import databases
 from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt
 
 log = logging.getLogger(__name__)
 

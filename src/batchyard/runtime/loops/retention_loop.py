@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchyard.runtime.driver import Driver
+from batchyard.runtime.loops.driver import Driver
 from batchyard.services import retention
 from batchyard.services.context import Platform
 

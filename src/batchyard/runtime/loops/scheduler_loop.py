@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from batchyard.runtime.driver import Driver, seconds_until
+from batchyard.runtime.loops.driver import Driver, seconds_until
 from batchyard.services import scheduler
 from batchyard.services.context import Platform
 

@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.logs import EXECUTION_ID
-from batchyard.services.queue import ClaimedAttempt
 
 log = logging.getLogger(__name__)
 

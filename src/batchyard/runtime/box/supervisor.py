@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt
 from batchyard.domain.executions import (
     DEPENDENCY_INSTALL_FAILED,
     SANDBOX_UNAVAILABLE,
@@ -37,16 +38,15 @@ from batchyard.errors import (
     new_reference,
 )
 from batchyard.logs import execution_context
-from batchyard.runtime.diskwatch import describe_violation, disk_usage
-from batchyard.runtime.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
-from batchyard.runtime.logsink import LogSink, LogWriter
-from batchyard.runtime.processes import kill_group_now, kill_tree, process_table
-from batchyard.runtime.pump import OutputPump, Part
-from batchyard.runtime.requests import Reply, RequestDispatcher, RequestHandler
-from batchyard.runtime.resources import UsageMeter, wait_with_usage
-from batchyard.runtime.sandbox import Confinement, Sandbox, explain_failure
-from batchyard.runtime.workspace import SetupTimedOut, collect_outputs, create_workspace
-from batchyard.services.queue import AttemptResult, ClaimedAttempt
+from batchyard.runtime.box.diskwatch import describe_violation, disk_usage
+from batchyard.runtime.box.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
+from batchyard.runtime.box.logsink import LogSink, LogWriter
+from batchyard.runtime.box.processes import kill_group_now, kill_tree, process_table
+from batchyard.runtime.box.pump import OutputPump, Part
+from batchyard.runtime.box.resources import ResourceUsage, UsageMeter, wait_with_usage
+from batchyard.runtime.box.sandbox import Confinement, Sandbox, explain_failure
+from batchyard.runtime.box.workspace import SetupTimedOut, collect_outputs, create_workspace
+from batchyard.runtime.channel.dispatcher import Reply, RequestDispatcher, RequestHandler
 
 log = logging.getLogger("batchyard.supervisor")
 # A constant, not generated source: the job path comes in as argv[1].
@@ -75,7 +75,7 @@ class RuntimeLimits:
     log_line_max_bytes: int
     artifact_cap_bytes: int
     artifact_max_files: int
-    # Bytes the attempt's writable folders may hold (0: no limit); see runtime/diskwatch.py.
+    # Bytes the attempt's writable folders may hold (0: no limit); see runtime/box/diskwatch.py.
     disk_bytes: int = 0
     # Extracting the code; dependency installs are bounded by the environment cache.
     setup_timeout_seconds: float = 120.0
@@ -109,6 +109,21 @@ class _Stops:
 
 
 @dataclass
+class _Child:
+    """A launched job process and the ends this process holds of it."""
+
+    process: subprocess.Popen[bytes]
+    # The channel: SDK records and requests in, replies out.
+    channel: socket.socket
+    # Closed when the attempt is over: the job sees EOF and ends its group.
+    liveness_write: int
+    started: float
+    exit_code: int = 0
+    runtime: float = 0.0
+    usage: ResourceUsage | None = None
+
+
+@dataclass
 class _Stop:
     """Why the supervisor killed the child, when it did."""
 
@@ -120,16 +135,19 @@ class Supervisor:
     def __init__(self, python: str, work_root: Path, limits: RuntimeLimits,
                  sandbox: Sandbox | None = None,
                  requests: Mapping[str, RequestHandler] | None = None,
-                 environments: EnvCache | None = None) -> None:
+                 environments: EnvCache | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.python = python
+        # The wall clock of log records and of each attempt's end.
+        self.clock = clock
         self.work_root = work_root
         self.limits = limits
-        # Sandbox: how each attempt is confined (runtime/sandbox.py); without one (tests of
+        # Sandbox: how each attempt is confined (runtime/box/sandbox.py); without one (tests of
         # the supervisor alone) the child runs unconfined, as its own session.
         self.sandbox = sandbox or Sandbox.unconfined()
         # Requests the job makes over its channel ("db", "email"), answered in the server.
         self.requests: dict[str, RequestHandler] = dict(requests or {})
-        # Dependencies: where jobs' requirements.txt are installed (runtime/envcache.py).
+        # Dependencies: where jobs' requirements.txt are installed (runtime/box/envcache.py).
         self.environments = environments
         # By (execution, attempt number): a late stop or end of an old attempt must never
         # reach a newer attempt of the same execution running on this node.
@@ -165,7 +183,7 @@ class Supervisor:
 
     def _run(self, attempt: ClaimedAttempt, write_logs: LogWriter,
              stops: _Stops) -> AttemptResult:
-        sink = LogSink(write_logs, lambda: datetime.now(UTC),
+        sink = LogSink(write_logs, self.clock,
                        secrets=attempt.secret_values, first_seq=attempt.log_seq,
                        used_bytes=attempt.log_bytes, truncated=attempt.log_truncated,
                        cap_bytes=self.limits.log_cap_bytes)
@@ -177,7 +195,7 @@ class Supervisor:
             # Fail closed: nothing of the job is installed, extracted or spawned.
             sink.add("log", f"batchyard: {SANDBOX_UNAVAILABLE_MESSAGE}", "error")
             return AttemptResult(AttemptOutcome.FAILED, 0.0, None, SANDBOX_UNAVAILABLE_MESSAGE,
-                                 datetime.now(UTC), logs=sink.close(),
+                                 self.clock(), logs=sink.close(),
                                  final_failure=SANDBOX_UNAVAILABLE)
         # Dependencies: the environment stays held (never evicted) until the child has ended.
         held = contextlib.ExitStack()
@@ -252,13 +270,13 @@ class Supervisor:
             detail = stop.detail or exc.message
             sink.add("log", f"batchyard: attempt {attempt.number} ended while installing its "
                      f"requirements: {outcome.value} ({detail})", "info")
-            return (), AttemptResult(outcome, 0.0, None, detail, datetime.now(UTC))
+            return (), AttemptResult(outcome, 0.0, None, detail, self.clock())
         except InstallFailed as exc:
             return (), self._install_failed(sink, exc.message)
         finally:
             stops.detach()
         if stop.reason is not None:  # stopped just as the install ended: the job never starts
-            return (), AttemptResult(stop.reason, 0.0, None, stop.detail, datetime.now(UTC))
+            return (), AttemptResult(stop.reason, 0.0, None, stop.detail, self.clock())
         how = (f"installed in {environment.seconds:.1f} s" if environment.built
                else "cached environment" + (f", ready after {environment.seconds:.1f} s"
                                             if environment.seconds >= 0.1 else ""))
@@ -280,19 +298,46 @@ class Supervisor:
             detail = internal_error_message(reference)
         sink.add("log", f"batchyard: {SETUP_FAILED}: {detail}", "error")
         return AttemptResult(AttemptOutcome.FAILED, 0.0, None, f"{SETUP_FAILED}: {detail}",
-                             datetime.now(UTC), logs=sink.close(), final_failure=SETUP_FAILED)
+                             self.clock(), logs=sink.close(), final_failure=SETUP_FAILED)
 
-    @staticmethod
-    def _install_failed(sink: LogSink, message: str) -> AttemptResult:
+    def _install_failed(self, sink: LogSink, message: str) -> AttemptResult:
         sink.add("log", f"batchyard: the job's requirements could not be installed: {message}",
                  "error")
         return AttemptResult(AttemptOutcome.FAILED, 0.0, None,
-                             f"{DEPENDENCY_INSTALL_FAILED}: {message}", datetime.now(UTC),
+                             f"{DEPENDENCY_INSTALL_FAILED}: {message}", self.clock(),
                              final_failure=DEPENDENCY_INSTALL_FAILED)
 
     def _run_child(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
                    tmp_dir: Path, sink: LogSink, confinement: Confinement, stops: _Stops,
                    site_dirs: tuple[str, ...] = ()) -> AttemptResult:
+        """Launch the child, route what it says, watch it to its end, then report."""
+        child = self._launch(attempt, code_dir, output_dir, tmp_dir, confinement, site_dirs)
+        errors: list[str] = []
+        dispatcher, on_line = self._route(attempt, sink, errors, child.channel)
+        stop = self._watch(attempt, child, sink, confinement, stops, on_line,
+                           (code_dir, output_dir, tmp_dir))
+        runtime = child.runtime
+        dispatcher.close(timeout=LAST_REQUEST_GRACE_SECONDS)
+        # Wakes a request thread still blocked writing to a job that escaped the kill.
+        with contextlib.suppress(OSError):
+            child.channel.shutdown(socket.SHUT_RDWR)
+        child.channel.close()
+        outputs = collect_outputs(output_dir, self.limits.artifact_max_files,
+                                  self.limits.artifact_cap_bytes)
+        for skipped in outputs.skipped:
+            sink.add("log", f"Output not kept: {skipped}", "warn")
+        outcome, error = self._outcome(child.exit_code, stop, errors)
+        sink.add("log", f"batchyard: attempt {attempt.number} ended: {outcome.value}"
+                 + (f" ({error})" if error else "") + f" after {runtime:.3f} s", "info")
+        usage = child.usage
+        return AttemptResult(outcome, runtime, child.exit_code, error, self.clock(),
+                             outputs.files,
+                             cpu_seconds=usage.cpu_seconds if usage else None,
+                             peak_memory_bytes=usage.peak_memory_bytes if usage else None)
+
+    def _launch(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
+                tmp_dir: Path, confinement: Confinement, site_dirs: tuple[str, ...]) -> _Child:
+        """Spawn the confined child and hand it its context; the deadline starts here."""
         parent_end, child_end = socket.socketpair()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_dir),
                "TMPDIR": str(tmp_dir), "LANG": "C.UTF-8", "TZ": "UTC",
@@ -315,8 +360,6 @@ class Supervisor:
         # job sees EOF (and kills its group) the moment this server dies.
         liveness_read, liveness_write = os.pipe()
         started = time.monotonic()
-        # Resource figures: under bubblewrap wait4 does not see the job (resources.py).
-        meter = UsageMeter(waited_sees_job=not confinement.bubblewrap)
         try:
             # Sandbox: bwrap (or nothing) around the interpreter, the limits prelude before
             # the boot command.
@@ -329,12 +372,45 @@ class Supervisor:
                 start_new_session=True, close_fds=True)
         except BaseException:
             os.close(liveness_write)
+            parent_end.close()
             raise
         finally:
             child_end.close()
             os.close(liveness_read)
         # First of all: the child is blocked reading its context until this is written.
         self._send_context(process, context)
+        return _Child(process, parent_end, liveness_write, started)
+
+    def _route(self, attempt: ClaimedAttempt, sink: LogSink, errors: list[str],
+               channel: socket.socket) -> tuple[RequestDispatcher,
+                                                Callable[[str, bytes, Part], None]]:
+        """Where each line of the child goes: output to the log, channel records to the
+        log, the error list or the request dispatcher."""
+        # Without a handler for a kind of request (a supervisor built without a broker or a
+        # mailer), the job is still answered: it must not hang.
+        dispatcher = RequestDispatcher({**_UNAVAILABLE, **self.requests}, attempt,
+                                       channel.sendall,
+                                       note=lambda message, level: sink.add("log", message,
+                                                                            level))
+
+        def on_line(stream: str, line: bytes, part: Part) -> None:
+            if stream != "channel":
+                sink.add(stream, line.decode("utf-8", "replace"))
+            elif part is Part.WHOLE:
+                self._on_channel_line(line, sink, errors, dispatcher)
+            elif part is Part.FIRST:
+                self._on_long_channel_line(line, sink, dispatcher)
+
+        return dispatcher, on_line
+
+    def _watch(self, attempt: ClaimedAttempt, child: _Child, sink: LogSink,
+               confinement: Confinement, stops: _Stops,
+               on_line: Callable[[str, bytes, Part], None],
+               watched: tuple[Path, ...]) -> _Stop:
+        """Pump the child's output until it ends, killing it at its deadline, at a stop
+        from outside or past its disk limit; then clear away what it left. Returns why
+        it was stopped (nothing: it ended by itself)."""
+        process = child.process
         stop = _Stop()
         stopped = threading.Event()
 
@@ -353,25 +429,7 @@ class Supervisor:
                if attempt.deadline_seconds < attempt.timeout_seconds else "")))
         timer.daemon = True
         timer.start()
-        errors: list[str] = []
         assert process.stdout is not None and process.stderr is not None
-        # Without a handler for a kind of request (a supervisor built without a broker or a
-        # mailer), the job is still answered: it must not hang.
-        dispatcher = RequestDispatcher({**_UNAVAILABLE, **self.requests}, attempt,
-                                       parent_end.sendall,
-                                       note=lambda message, level: sink.add("log", message,
-                                                                            level))
-
-        def on_line(stream: str, line: bytes, part: Part) -> None:
-            if stream != "channel":
-                sink.add(stream, line.decode("utf-8", "replace"))
-            elif part is Part.WHOLE:
-                self._on_channel_line(line, sink, errors, dispatcher)
-            elif part is Part.FIRST:
-                self._on_long_channel_line(line, sink, dispatcher)
-
-        line_limit = self.limits.log_line_max_bytes
-        watched = (code_dir, output_dir, tmp_dir)
         next_disk_check = [time.monotonic() + DISK_CHECK_SECONDS]
 
         def tick() -> None:
@@ -390,46 +448,34 @@ class Supervisor:
                 stopper(AttemptOutcome.FAILED, violation)
             next_disk_check[0] = time.monotonic() + DISK_CHECK_SECONDS
 
+        line_limit = self.limits.log_line_max_bytes
         pump = OutputPump([(process.stdout.fileno(), "stdout", line_limit),
                            (process.stderr.fileno(), "stderr", line_limit),
-                           (parent_end.fileno(), "channel", CHANNEL_LINE_LIMIT)],
+                           (child.channel.fileno(), "channel", CHANNEL_LINE_LIMIT)],
                           on_line, tick, LOG_FLUSH_SECONDS)
         pump.start()
+        # Resource figures: under bubblewrap wait4 does not see the job (resources.py).
+        meter = UsageMeter(waited_sees_job=not confinement.bubblewrap)
         meter.watch(process.pid)
         waited = None
         try:
             # Resource figures: wait4 gives the tree's CPU time and peak memory (resources.py).
             status, waited = wait_with_usage(process)
-            exit_code = confinement.exit_status(status)
+            child.exit_code = confinement.exit_status(status)
         finally:
             timer.cancel()
-            os.close(liveness_write)
+            os.close(child.liveness_write)
             stops.detach()
-            usage = meter.finish(waited)
-        runtime = time.monotonic() - started
+            child.usage = meter.finish(waited)
+        child.runtime = time.monotonic() - child.started
         # Whatever the job left behind in its group goes with it.
         kill_group_now(process.pid)
         # Sandbox: and, under the rlimits level, what left the group (setsid) in its uid.
         confinement.kill_leftovers()
         pump.finish(timeout=2)
-        dispatcher.close(timeout=LAST_REQUEST_GRACE_SECONDS)
         process.stdout.close()
         process.stderr.close()
-        # Wakes a request thread still blocked writing to a job that escaped the kill.
-        with contextlib.suppress(OSError):
-            parent_end.shutdown(socket.SHUT_RDWR)
-        parent_end.close()
-        outputs = collect_outputs(output_dir, self.limits.artifact_max_files,
-                                  self.limits.artifact_cap_bytes)
-        for skipped in outputs.skipped:
-            sink.add("log", f"Output not kept: {skipped}", "warn")
-        outcome, error = self._outcome(exit_code, stop, errors)
-        sink.add("log", f"batchyard: attempt {attempt.number} ended: {outcome.value}"
-                 + (f" ({error})" if error else "") + f" after {runtime:.3f} s", "info")
-        return AttemptResult(outcome, runtime, exit_code, error, datetime.now(UTC),
-                             outputs.files,
-                             cpu_seconds=usage.cpu_seconds if usage else None,
-                             peak_memory_bytes=usage.peak_memory_bytes if usage else None)
+        return stop
 
     @staticmethod
     def _send_context(process: subprocess.Popen[bytes], context: dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
-"""Deciding, once at start, how this host confines jobs (runtime/sandbox.py is how).
+"""Deciding, once at start, how this host confines jobs (runtime/box/sandbox.py is how).
 
 In order: ``BATCHYARD_SANDBOX=off`` runs jobs as the server's own uid (the operator's
 explicit choice, and the only way to that); bubblewrap where it runs (``auto``,
 ``bubblewrap``); else the rlimits launcher, which needs root (a uid per attempt), a runtime
-folder the job uids can reach (runtime/jobroot.py) and an interpreter they can run: the
+folder the job uids can reach (runtime/box/jobroot.py) and an interpreter they can run: the
 configured one, else the system's ``python3.x`` (3.11 or newer). Each candidate is tried
 by a probe that runs the real command as a job uid. Where nothing works the level is
 *unavailable*: the server starts and serves, no job runs, and the operator's report says
@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from batchyard.runtime.jobroot import (
+from batchyard.runtime.box.jobroot import (
     DEFAULT_PARENT,
     RuntimeFolderUnusable,
     compile_sdk,
@@ -28,7 +28,7 @@ from batchyard.runtime.jobroot import (
     interpreter_candidates,
     prepare_runtime_dir,
 )
-from batchyard.runtime.sandbox import (
+from batchyard.runtime.box.sandbox import (
     PROBE_TIMEOUT_SECONDS,
     IsolationLevel,
     JobLimits,

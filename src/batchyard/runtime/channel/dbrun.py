@@ -17,7 +17,7 @@ SQLAlchemy pool, without SQLAlchemy's parameter handling, so a ``%`` stays a ``%
 - Each statement is bounded by the statement timeout: PostgreSQL ``statement_timeout``,
   MariaDB ``max_statement_time`` (MySQL ``max_execution_time``, SELECT only), SQLite a
   progress handler. The job's SQL can change the server's settings, so the request as a
-  whole is also bounded in the client (runtime/dbguard.py): past the timeout, or when
+  whole is also bounded in the client (runtime/channel/dbguard.py): past the timeout, or when
   its attempt ends, it is cancelled and fails with a message saying so.
 - A connection goes back to its pool as a new session would be: PostgreSQL ``DISCARD
   ALL`` (a job's ``SET``, ``SET ROLE``, temporary tables, advisory locks end with its
@@ -44,8 +44,8 @@ from typing import Any
 from sqlalchemy import URL, Engine, NullPool, create_engine, event
 from sqlalchemy.pool import PoolProxiedConnection
 
-from batchyard.runtime.dbguard import RequestGuard
-from batchyard.runtime.dbvalues import Row, RowBudget, unique_columns
+from batchyard.runtime.channel.dbguard import RequestGuard
+from batchyard.runtime.channel.dbvalues import Row, RowBudget, unique_columns
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.domain.notifications import EMAILS_PER_EXECUTION, header_text
-from batchyard.runtime.requests import Reply
-from batchyard.runtime.smtp import Attachment, DeliveryFailure, Mailer, OutgoingEmail
+from batchyard.runtime.channel.dispatcher import Reply
+from batchyard.runtime.outbound.smtp import Attachment, DeliveryFailure, Mailer, OutgoingEmail
 from batchyard.services import notifications
 from batchyard.services.context import Platform
-from batchyard.services.queue import ClaimedAttempt
 
 log = logging.getLogger("batchyard.mail")
 
@@ -110,7 +110,7 @@ def _refused(code: str, message: str) -> Reply:
 
 
 def running_output_folder(work_root: Path, execution_id: str, number: int) -> Path | None:
-    """The output folder of a running attempt (runtime/workspace.py names its folder
+    """The output folder of a running attempt (runtime/box/workspace.py names its folder
     ``<execution>-<attempt>-<random>``; exactly one exists while it runs)."""
     for folder in work_root.glob(f"{execution_id}-{number}-*"):
         output = folder / "output"

@@ -16,7 +16,7 @@ root for a uid of the attempt's own before any of the job is imported.
   folders, no ``/root``, ``/home``, ``/run`` or ``/var``.
 - **rlimits**: the same prelude without namespaces: own session, minimal environment, the
   limits, and the attempt's uid. The job reaches everything by path, so all it needs lives
-  in a *runtime folder* whose every parent other users may enter (runtime/jobroot.py): a
+  in a *runtime folder* whose every parent other users may enter (runtime/box/jobroot.py): a
   copy of the SDK, the work root (0711; each attempt's folder 0700, owned by its uid) and
   the requirements environments; the interpreter is one the job uid can execute. The
   data folder (database, keys, tokens) stays 0700, out of its reach.
@@ -33,7 +33,7 @@ bubblewrap its jobs get a user namespace of their own (nothing of the server's i
 mount tree or PID namespace; NPROC counts per namespace there), and without bubblewrap
 no job runs (unavailable).
 
-The network namespace is the host's: runtime/netguard.py keeps the job uid range from
+The network namespace is the host's: runtime/box/netguard.py keeps the job uid range from
 this host's services and its private networks (nftables). Unix sockets are not IP: under
 bubblewrap the host's socket files (/run, /var/run, the host's /tmp) are not in the mount
 tree, but abstract ones (``@name``) are reachable at both levels.
@@ -64,7 +64,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from batchyard.errors import BatchyardError
-from batchyard.runtime.workspace import Workspace
+from batchyard.runtime.box.workspace import Workspace
 from batchyard.sdk import JOBPATH
 
 # Runs first in the job's interpreter, before anything of the job is imported. A constant,
@@ -303,7 +303,7 @@ class Confinement:
 
 
 class Sandbox:
-    """The isolation level in force, decided once at start (runtime/sandbox_setup.py)."""
+    """The isolation level in force, decided once at start (runtime/box/sandbox_setup.py)."""
 
     def __init__(self, level: IsolationLevel, description: str, limits: JobLimits | None,
                  bwrap: Sequence[str] = (), uids: UidPool | None = None,
@@ -315,6 +315,8 @@ class Sandbox:
         # None: a supervisor built without a sandbox, which uses its own python and folders.
         self.placement = placement
         self.report = report or OperatorReport()
+        # Whether the network guard's table fences this level's job uids (netguard.py).
+        self.network_guard = False
         self._limits_arg = limits.argument() if limits is not None else None
         self._bwrap = tuple(bwrap)
         self._uids = uids

@@ -1,8 +1,10 @@
-"""The in-process worker pool: claim an execution, run its attempt, report, repeat.
+"""The worker pool: claim an execution, run its attempt, report, repeat.
 
 Each worker thread is a driver around one step (``work_once``). Work queued in
 this process wakes a worker at once; work queued elsewhere is found by polling.
 One heartbeat thread renews every running attempt's lease and carries cancels.
+The pool reaches the control plane only through its worker port (in-process SQL or
+HTTP); the sweeper of lost attempts is the control plane's (``Sweeper``).
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogBatch, LogRecord, WorkerPort
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.errors import internal_error_message, new_reference
-from batchyard.runtime.logsink import LogWriter
-from batchyard.runtime.supervisor import Supervisor
+from batchyard.runtime.box.logsink import LogWriter
+from batchyard.runtime.box.supervisor import Supervisor
 from batchyard.services import queue
 from batchyard.services.context import Platform
-from batchyard.services.queue import AttemptResult, ClaimedAttempt, LogRecord
 
 log = logging.getLogger("batchyard.worker")
 
@@ -33,7 +36,7 @@ class PoolTiming:
     sweep_interval: float
 
 
-def finish_with_retries(platform: Platform, attempt: ClaimedAttempt, result: AttemptResult,
+def finish_with_retries(port: WorkerPort, attempt: ClaimedAttempt, result: AttemptResult,
                         give_up_after: float, first_delay: float = 0.2) -> bool:
     """Record the attempt's end, trying again while the store fails (a restart, a lock).
 
@@ -47,7 +50,7 @@ def finish_with_retries(platform: Platform, attempt: ClaimedAttempt, result: Att
     delay = first_delay
     while True:
         try:
-            return queue.finish_attempt(platform, attempt, result) is not None
+            return port.finish(attempt, result)
         except Exception:
             if time.monotonic() + delay > give_up_at:
                 log.exception("could not record the end of attempt %s/%d; its lease will "
@@ -61,18 +64,25 @@ def finish_with_retries(platform: Platform, attempt: ClaimedAttempt, result: Att
 
 
 class WorkerPool:
-    def __init__(self, platform: Platform, supervisor: Supervisor, node: str, size: int,
-                 timing: PoolTiming) -> None:
-        self.platform = platform
+    def __init__(self, port: WorkerPort, supervisor: Supervisor, node: str, size: int,
+                 timing: PoolTiming, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 ) -> None:
+        self.port = port
+        self.clock = clock
         self.supervisor = supervisor
         self.node = node
         self.size = size
         self.timing = timing
         self._wake = threading.Condition()
         self._signals = 0
+        # The one idle slot that polls the queue (None: the next idle slot takes it on).
+        self._poller: int | None = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[tuple[str, int], ClaimedAttempt] = {}
+        # When each running attempt's lease was last renewed (monotonic): a worker that
+        # cannot renew kills its own attempt before the lease runs out and a sweeper takes it.
+        self._renewed: dict[tuple[str, int], float] = {}
         self._running_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -81,7 +91,6 @@ class WorkerPool:
             self._spawn(self._work_loop, f"worker-{number}", number)
         if self.size:
             self._spawn(self._heartbeat_loop, "heartbeat")
-        self._spawn(self._sweep_loop, "sweeper")
 
     def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -126,12 +135,21 @@ class WorkerPool:
                 continue
             with self._wake:
                 if self._signals == 0 and not self._stopping.is_set():
-                    self._wake.wait(self.timing.poll_interval)
+                    # One idle slot polls for work queued elsewhere; the others sleep until
+                    # woken (work queued here, or a claim that took the poller away: see
+                    # work_once). Otherwise every idle slot polls: 64 idle slots were 64
+                    # claim queries a second, or 64 long-polls held by the control plane.
+                    if self._poller is None:
+                        self._poller = number
+                    self._wake.wait(self.timing.poll_interval if self._poller == number
+                                    else None)
+                    if self._poller == number:
+                        self._poller = None
                 self._signals = max(0, self._signals - 1)
 
     def work_once(self, worker: str) -> bool:
         """Claim and run one attempt; False when nothing was queued."""
-        attempt = queue.claim_next_execution(self.platform, worker, self.timing.lease_seconds)
+        attempt = self.port.claim(worker, self.timing.lease_seconds)
         if attempt is None:
             return False
         # Another worker may take the next queued execution while this one runs.
@@ -139,6 +157,7 @@ class WorkerPool:
         key = (attempt.execution_id, attempt.number)
         with self._running_lock:
             self._running[key] = attempt
+            self._renewed[key] = time.monotonic()
         try:
             try:
                 result = self.supervisor.run(attempt, self.log_writer(attempt))
@@ -150,40 +169,81 @@ class WorkerPool:
                               attempt.execution_id, attempt.number, reference)
                 result = AttemptResult(AttemptOutcome.FAILED, 0.0, None,
                                        internal_error_message(reference),
-                                       self.platform.clock.now())
+                                       self.clock())
             # Still in _running meanwhile: the heartbeat keeps the lease while it retries.
-            finish_with_retries(self.platform, attempt, result, self.timing.lease_seconds)
+            finish_with_retries(self.port, attempt, result, self.timing.lease_seconds)
         finally:
             with self._running_lock:
                 self._running.pop(key, None)
+                self._renewed.pop(key, None)
         return True
 
     def log_writer(self, attempt: ClaimedAttempt) -> LogWriter:
         def write(records: list[LogRecord], first_seq: int, used: int, truncated: bool) -> bool:
-            return queue.append_logs(self.platform, attempt, records, first_seq, used, truncated)
+            return self.port.append_logs(attempt, LogBatch(tuple(records), first_seq, used,
+                                                           truncated))
         return write
 
     # --- heartbeat and sweeper -------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         while not self._stopping.wait(self.timing.heartbeat_seconds):
-            with self._running_lock:
-                running = list(self._running.values())
-            for attempt in running:
-                try:
-                    ours, cancel = queue.renew_lease(self.platform, attempt,
-                                                     self.timing.lease_seconds)
-                except Exception:
-                    log.exception("lease renewal failed")
-                    continue
-                if not ours:
-                    self.supervisor.stop(attempt.execution_id, AttemptOutcome.INTERRUPTED,
-                                         "this worker lost its lease on the execution",
-                                         attempt.number)
-                elif cancel:
-                    self.supervisor.stop(attempt.execution_id, AttemptOutcome.CANCELLED,
-                                         "cancelled by a user", attempt.number)
+            self.heartbeat_once()
 
-    def _sweep_loop(self) -> None:
+    def running_count(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    def heartbeat_once(self) -> None:
+        """Renew every running attempt's lease; stop those lost, cancelled or unrenewable."""
+        with self._running_lock:
+            running = list(self._running.items())
+        for key, attempt in running:
+            try:
+                ours, cancel = self.port.renew(attempt, self.timing.lease_seconds)
+            except Exception:
+                log.warning("lease renewal of %s/%d failed", *key, exc_info=True)
+                with self._running_lock:
+                    renewed = self._renewed.get(key)
+                # Fencing alone would refuse its late writes, but the child would run on
+                # beside the attempt a sweeper starts elsewhere: it is killed by the time
+                # the lease may be taken (one heartbeat before it ends).
+                if renewed is not None and time.monotonic() - renewed >= \
+                        self.timing.lease_seconds - self.timing.heartbeat_seconds:
+                    self.supervisor.stop(attempt.execution_id, AttemptOutcome.INTERRUPTED,
+                                         "this worker could not renew its lease on the "
+                                         "execution (control plane unreachable)",
+                                         attempt.number)
+                continue
+            if not ours:
+                self.supervisor.stop(attempt.execution_id, AttemptOutcome.INTERRUPTED,
+                                     "this worker lost its lease on the execution",
+                                     attempt.number)
+                continue
+            with self._running_lock:
+                if key in self._renewed:
+                    self._renewed[key] = time.monotonic()
+            if cancel:
+                self.supervisor.stop(attempt.execution_id, AttemptOutcome.CANCELLED,
+                                     "cancelled by a user", attempt.number)
+
+
+class Sweeper:
+    """The control plane's thread that ends attempts whose worker stopped renewing."""
+
+    def __init__(self, platform: Platform, timing: PoolTiming) -> None:
+        self.platform = platform
+        self.timing = timing
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
         while not self._stopping.wait(self.timing.sweep_interval):
             try:
                 sweep_if_clock_agrees(self.platform, self.timing)

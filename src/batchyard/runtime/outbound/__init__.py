@@ -1,0 +1,1 @@
+"""Outbound: what the platform sends out (SMTP, webhooks)."""
