@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
-
-from batchyard.config import Settings
 
 if TYPE_CHECKING:
     from batchyard.app import Server
+
+# The server stack (uvicorn, the configuration) is imported when a command runs:
+# `batchyard --help` and the developer kit's commands load none of it.
 
 
 def _until_signalled() -> threading.Event:
@@ -29,6 +29,8 @@ def run_server(server: Server) -> None:
     """The API in front when this process has that role; else its loops until SIGTERM."""
     settings = server.settings
     if "api" in server.roles:
+        import uvicorn
+
         uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning",
                     timeout_graceful_shutdown=15)
         return
@@ -57,6 +59,8 @@ def worker(
     remote worker of the control plane at --server."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from batchyard.config import Settings
+
     overrides = {k: v for k, v in {"data_dir": data_dir, "workers": workers,
                                    "worker_labels": labels}.items() if v is not None}
     if server is None:
