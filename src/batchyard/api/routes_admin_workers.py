@@ -7,13 +7,14 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from batchyard.api import schemas
 from batchyard.api.deps import Operator, PlatformDep
 from batchyard.api.strict_json import StrictJsonRoute
 from batchyard.services import worker_tokens
 from batchyard.services.worker_tokens import WorkerTokenInfo
 
 router = APIRouter(prefix="/api/v1/admin/workers", tags=["operator"],
-                   route_class=StrictJsonRoute)
+                   route_class=StrictJsonRoute, responses=schemas.errors(401, 404, 422))
 
 
 class WorkerTokenCreate(BaseModel):

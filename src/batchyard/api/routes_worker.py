@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from batchyard.api import schemas
 from batchyard.api.deps import PlatformDep, bearer
 from batchyard.api.strict_json import parse_json
 from batchyard.domain import attempt_wire
@@ -28,7 +29,8 @@ from batchyard.services import nodes, queue, worker_tokens
 from batchyard.services.context import Platform
 from batchyard.services.worker_tokens import WorkerIdentity
 
-router = APIRouter(prefix="/api/v1/worker", tags=["worker"])
+router = APIRouter(prefix="/api/v1/worker", tags=["worker"],
+                   responses=schemas.errors(401, 404, 409, 422, 503))
 
 MAX_CLAIM_WAIT_SECONDS = 20.0
 _CLAIM_POLL_SECONDS = 0.2

@@ -55,6 +55,7 @@ _STATUS_MEANING = {
     422: "Invalid input (with the field); JSON deeper than 64 levels, NaN/Infinity, "
          "duplicate keys or a body over the route's size",
     429: "A plan limit; the code is the reason (retry_after seconds when known)",
+    503: "The control plane is overloaded: try again after Retry-After seconds",
 }
 
 
