@@ -7,21 +7,19 @@ the requirements with the real uv from the real index and runs the job confined.
 from __future__ import annotations
 
 import functools
-import io
 import os
-import secrets
 import shutil
 import urllib.request
-import zipfile
 from collections.abc import Iterator
 
 import pytest
 
 from batchyard.app import Server
 from batchyard.config import Settings
-from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.box.sandbox import SandboxUnavailable
+from support.attempts import claimed_attempt, run_attempt
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,29 +53,7 @@ def pypi_unreachable() -> str | None:
 
 
 def attempt(requirements: str) -> ClaimedAttempt:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("main.py", JOB)
-        archive.writestr("requirements.txt", requirements)
-    return ClaimedAttempt(
-        execution_id=f"exe_{secrets.token_hex(4)}", account_id="acc_test", job_id="job_test",
-        job_name="test", number=1, worker="test/0", revision=1, code=buffer.getvalue(),
-        main_parameters=0, requirements=requirements, variables={}, secret_values=(),
-        deadline_seconds=30, timeout_seconds=30, params={"body": {}}, source="api",
-        database_access=False, log_seq=0, log_bytes=0, log_truncated=False)
-
-
-def run(server: Server, claimed: ClaimedAttempt) -> tuple[AttemptResult, list[LogRecord]]:
-    stored: list[LogRecord] = []
-
-    def writer(batch: list[LogRecord], first: int, used: int, truncated: bool) -> bool:
-        stored.extend(batch)
-        return True
-
-    result = server.supervisor.run(claimed, writer)
-    assert result.logs is not None
-    stored.extend(result.logs.records)
-    return result, stored
+    return claimed_attempt(JOB, requirements=requirements, deadline_seconds=30)
 
 
 @pytest.fixture(scope="module", params=["bubblewrap", "rlimits"])
@@ -116,7 +92,7 @@ def server(request: pytest.FixtureRequest,
 
 def test_the_job_imports_its_environment_which_it_cannot_change_nor_list(
         server: Server) -> None:
-    result, logs = run(server, attempt("six==1.16.0\n"))
+    result, logs = run_attempt(server.supervisor, attempt("six==1.16.0\n"))
     stdout = [r.message for r in logs if r.stream == "stdout"]
     assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
     # A new file and the package's own module: EROFS or EACCES, by level and by file.
@@ -130,8 +106,8 @@ def test_the_job_imports_its_environment_which_it_cannot_change_nor_list(
 
 
 def test_a_second_attempt_uses_the_cached_environment(server: Server) -> None:
-    run(server, attempt("six==1.16.0\n"))
-    result, logs = run(server, attempt("# again\nsix == 1.16.0\n"))
+    run_attempt(server.supervisor, attempt("six==1.16.0\n"))
+    result, logs = run_attempt(server.supervisor, attempt("# again\nsix == 1.16.0\n"))
     assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
     messages = [r.message for r in logs if r.stream == "log"]
     assert not any(m.startswith("pip: ") for m in messages), messages

@@ -7,12 +7,9 @@ system of all of them.
 
 from __future__ import annotations
 
-import io
 import os
-import secrets
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +17,10 @@ import pytest
 
 from batchyard.app import Server, job_python
 from batchyard.config import Settings
-from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
+from batchyard.domain.attempts import AttemptResult
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.box.sandbox import SandboxUnavailable
+from support.attempts import claimed_attempt, run_attempt
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,24 +47,9 @@ def main():
 """
 
 
-def _attempt(main_py: str) -> ClaimedAttempt:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("main.py", main_py)
-    return ClaimedAttempt(
-        execution_id=f"exe_{secrets.token_hex(4)}", account_id="acc_test", job_id="job_test",
-        job_name="test", number=1, worker="test/0", revision=1, code=buffer.getvalue(),
-        main_parameters=0, requirements=None, variables={}, secret_values=(),
-        deadline_seconds=60, timeout_seconds=60, params={"body": {}}, source="api",
-        database_access=False, log_seq=0, log_bytes=0, log_truncated=False)
-
-
 def _run(server: Server, main_py: str) -> AttemptResult:
-    stored: list[LogRecord] = []
-    result = server.supervisor.run(_attempt(main_py), lambda batch, *_: stored.extend(batch)
-                                   or True)
-    assert result.logs is not None
-    stored.extend(result.logs.records)
+    result, stored = run_attempt(server.supervisor,
+                                 claimed_attempt(main_py, deadline_seconds=60))
     assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, stored)
     return result
 

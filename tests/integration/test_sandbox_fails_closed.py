@@ -9,12 +9,10 @@ situation of a pyenv build under ``/root``.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import secrets
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,11 +21,11 @@ import pytest
 
 from batchyard.app import Server, job_python
 from batchyard.config import Settings
-from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import SANDBOX_UNAVAILABLE, AttemptOutcome
 from batchyard.runtime.box import jobroot
 from batchyard.runtime.box.sandbox import IsolationLevel, JobLimits, Sandbox
 from batchyard.runtime.box.sandbox_setup import detect_sandbox
+from support.attempts import claimed_attempt, run_attempt
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,31 +72,6 @@ def forget(sandbox: Sandbox) -> None:
     placement = sandbox.placement
     if placement is not None and placement.runtime_dir is not None:
         shutil.rmtree(placement.runtime_dir, ignore_errors=True)
-
-
-def attempt(main_py: str) -> ClaimedAttempt:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("main.py", main_py)
-    return ClaimedAttempt(
-        execution_id=f"exe_{secrets.token_hex(4)}", account_id="acc_test", job_id="job_test",
-        job_name="test", number=1, worker="test/0", revision=1, code=buffer.getvalue(),
-        main_parameters=0, requirements=None, variables={}, secret_values=(),
-        deadline_seconds=20, timeout_seconds=20, params={"body": {}}, source="api",
-        database_access=False, log_seq=0, log_bytes=0, log_truncated=False)
-
-
-def run(server: Server, claimed: ClaimedAttempt) -> tuple[AttemptResult, list[LogRecord]]:
-    stored: list[LogRecord] = []
-
-    def writer(batch: list[LogRecord], first: int, used: int, truncated: bool) -> bool:
-        stored.extend(batch)
-        return True
-
-    result = server.supervisor.run(claimed, writer)
-    assert result.logs is not None
-    stored.extend(result.logs.records)
-    return result, stored
 
 
 def health(server: Server, token: str | None) -> dict[str, object]:
@@ -213,7 +186,7 @@ def test_where_jobs_cannot_be_isolated_each_attempt_fails_sandbox_unavailable_un
         unavailable_server: Server) -> None:
     server = unavailable_server
     marker = f"ran-{secrets.token_hex(4)}"
-    result, logs = run(server, attempt(
+    result, logs = run_attempt(server.supervisor, claimed_attempt(
         f"import os\ndef main():\n    open('/tmp/{marker}', 'w').write('ran')\n"))
     assert result.outcome is AttemptOutcome.FAILED
     assert result.final_failure == SANDBOX_UNAVAILABLE  # no retry either
@@ -263,7 +236,8 @@ def test_at_the_rlimits_level_the_data_folder_and_its_files_stay_the_servers_alo
         assert isinstance(view, dict) and view["jobs_run"] is True
         assert view["python"] == server.supervisor.python
         assert view["work_dir"] == str(server.supervisor.work_root)
-        result, logs = run(server, attempt("import os\ndef main():\n    print(os.getuid())\n"))
+        result, logs = run_attempt(server.supervisor, claimed_attempt(
+            "import os\ndef main():\n    print(os.getuid())\n"))
         assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
         (printed,) = [r.message for r in logs if r.stream == "stdout"]
         assert UID_BASE <= int(printed) < UID_BASE + 10_000
