@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -168,40 +169,39 @@ async def upload_code(job_id: str, request: Request, actor: Person,
     return back(job_id, "code", message=f"Uploaded code version {version.version}.")
 
 
+async def _save(job_id: str, tab: str, saved: str, save: Callable[[], object]) -> Response:
+    """Run one of the job page's saves off the event loop; back to its tab, with the refusal
+    in place or the message that it was saved."""
+    try:
+        await run_in_threadpool(save)
+    except InvalidInput as exc:
+        return back(job_id, tab, error=exc.message)
+    return back(job_id, tab, message=saved)
+
+
 @router.post("/jobs/{job_id}/settings")
 async def save_settings(job_id: str, request: Request, actor: Person,
                         platform: PlatformDep) -> Response:
     form = await request.form()
-    try:
-        await run_in_threadpool(jobs.update_settings, platform, actor, job_id,
-                                forms.settings(form))
-    except InvalidInput as exc:
-        return back(job_id, "settings", error=exc.message)
-    return back(job_id, "settings", message="Settings saved.")
+    return await _save(job_id, "settings", "Settings saved.", lambda: jobs.update_settings(
+        platform, actor, job_id, forms.settings(form)))
 
 
 @router.post("/jobs/{job_id}/variables")
 async def save_variables(job_id: str, request: Request, actor: Person,
                          platform: PlatformDep) -> Response:
     form = await request.form()
-    try:
-        await run_in_threadpool(job_review.replace_variables_keeping_secrets, platform, actor,
-                                job_id, forms.variables(form))
-    except InvalidInput as exc:
-        return back(job_id, "variables", error=exc.message)
-    return back(job_id, "variables", message="Variables saved.")
+    return await _save(job_id, "variables", "Variables saved.",
+                       lambda: job_review.replace_variables_keeping_secrets(
+                           platform, actor, job_id, forms.variables(form)))
 
 
 @router.post("/jobs/{job_id}/schedule")
 async def save_schedule(job_id: str, request: Request, actor: Person,
                         platform: PlatformDep) -> Response:
     form = await request.form()
-    try:
-        await run_in_threadpool(jobs.set_schedule, platform, actor, job_id,
-                                forms.schedule(form))
-    except InvalidInput as exc:
-        return back(job_id, "schedule", error=exc.message)
-    return back(job_id, "schedule", message="Schedule saved.")
+    return await _save(job_id, "schedule", "Schedule saved.", lambda: jobs.set_schedule(
+        platform, actor, job_id, forms.schedule(form)))
 
 
 @router.get("/jobs/{job_id}/schedule/preview")
