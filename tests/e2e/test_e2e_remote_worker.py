@@ -8,14 +8,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from e2e_support import (
     OPERATOR_TOKEN,
+    Account,
     ServerProcess,
     create_account,
     deploy_job,
@@ -28,6 +32,11 @@ from e2e_support import (
     wait_for,
     wait_until,
 )
+
+from batchyard.domain import attempt_wire
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt
+from batchyard.domain.executions import AttemptOutcome
+from batchyard.runtime.port_remote import RemotePort
 
 LEASE = 5.0
 TIMING = {"BATCHYARD_LEASE_SECONDS": str(LEASE), "BATCHYARD_HEARTBEAT_SECONDS": "1",
@@ -175,5 +184,78 @@ def test_a_frozen_remote_worker_loses_its_attempt_and_its_late_writes_are_refuse
         print(f"lost-worker detection: {detected:.1f} s with a {LEASE:g} s lease")
     finally:
         worker.stop()
+        operator.close()
+        account.close()
+
+
+def _queued_executions(account: Account, job: str, count: int) -> list[str]:
+    return [invoke(account.owner, job, {"n": i}) for i in range(count)]
+
+
+def test_slots_that_fetch_one_zip_at_once_each_get_it(
+        control_plane: ServerProcess, tmp_path: Path) -> None:
+    """Two slots of one worker claim two executions of one job together, and both fetch
+    the zip (its cache is emptied each round): each gets its code and runs. A shared
+    partial file name let one slot's rename take the other's file away; that attempt
+    was then left to lapse into worker_lost."""
+    operator = control_plane.client()
+    token = _worker_token(operator, "twins")
+    account = create_account(operator, plan={
+        "max_concurrent_executions": 8, "max_executions_per_day": 100,
+        "max_invocations_per_job_per_day": 100})
+    port = RemotePort(control_plane.base_url, token["token"], tmp_path / "cache",
+                      claim_wait=0.0)
+    try:
+        job = deploy_job(account, "def main():\n    pass\n", settings={"concurrency": "allow"})
+        for round_ in range(6):
+            for cached in (tmp_path / "cache").iterdir():
+                cached.unlink()
+            executions = _queued_executions(account, job, 4)
+            start = threading.Barrier(4)
+
+            def claim(slot: str, start: threading.Barrier = start) -> ClaimedAttempt | None:
+                start.wait()
+                return port.claim(slot, LEASE)
+
+            with ThreadPoolExecutor(4) as pool:
+                claimed = list(pool.map(claim, [f"twin/{round_}-{n}" for n in range(4)]))
+            assert all(c is not None for c in claimed), claimed
+            assert sorted(c.execution_id for c in claimed if c) == sorted(executions)
+            assert len({c.code for c in claimed if c}) == 1
+            assert not list((tmp_path / "cache").glob("*.part"))
+            for attempt in claimed:
+                assert attempt is not None
+                assert port.finish(attempt, AttemptResult(
+                    AttemptOutcome.SUCCEEDED, 0.0, 0, None, datetime.now(UTC)))
+    finally:
+        port.close()
+        operator.close()
+        account.close()
+
+
+def test_a_claim_whose_code_cannot_be_kept_ends_its_attempt_at_once(
+        control_plane: ServerProcess, tmp_path: Path) -> None:
+    """The worker cannot store the zip (a folder stands where the cached file goes): the
+    attempt it claimed is ended failed there and then, with a reference and no host path,
+    not left running until its lease lapses into worker_lost."""
+    operator = control_plane.client()
+    token = _worker_token(operator, "broken-cache")
+    account = create_account(operator)
+    port = RemotePort(control_plane.base_url, token["token"], tmp_path / "cache",
+                      claim_wait=0.0)
+    try:
+        main = "def main():\n    pass\n"
+        job = deploy_job(account, main)
+        stored = account.owner.get(f"/api/v1/jobs/{job}/code/versions/1")
+        assert stored.status_code == 200, stored.text
+        (tmp_path / "cache" / f"{attempt_wire.code_digest(stored.content)}.zip").mkdir()
+        execution_id = invoke(account.owner, job)
+        assert port.claim("broken/0", LEASE) is None
+        ended = wait_for(account.owner, execution_id, timeout=LEASE - 1)
+        assert ended["status"] == "failed" and ended["reason"] != "worker_lost", ended
+        error = ended["attempts"][0]["error"]
+        assert "reference err_" in error and str(tmp_path) not in error, error
+    finally:
+        port.close()
         operator.close()
         account.close()

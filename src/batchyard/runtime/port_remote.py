@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ import httpx
 
 from batchyard.domain import attempt_wire
 from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogBatch
+from batchyard.domain.executions import AttemptOutcome
+from batchyard.errors import internal_error_message, new_reference
 
 log = logging.getLogger("batchyard.remote")
 # How long the control plane may hold a claim open when nothing is due (long-poll).
@@ -75,7 +79,23 @@ class RemotePort:
         if response.status_code == 204:
             return None
         data = response.json()["attempt"]
-        code = self._code(data)
+        try:
+            code = self._code(data)
+        except WorkerRefused:
+            raise
+        except Exception:
+            # The attempt is ours now: end it at once (failed, retried if retries remain)
+            # rather than leave it to lapse into worker_lost a lease later.
+            reference = new_reference()
+            log.exception("the code of attempt %s/%s could not be fetched (reference %s)",
+                          data["execution_id"], data["number"], reference)
+            result = AttemptResult(AttemptOutcome.FAILED, 0.0, None,
+                                   internal_error_message(reference), datetime.now(UTC))
+            with contextlib.suppress(httpx.HTTPError, WorkerRefused):
+                self._call("POST", "/finish", json={
+                    "execution_id": data["execution_id"], "number": data["number"],
+                    "worker": data["worker"], "result": attempt_wire.result_to_wire(result)})
+            return None
         return attempt_wire.claim_from_wire(data, code)
 
     def renew(self, attempt: ClaimedAttempt, lease_seconds: float) -> tuple[bool, bool]:
@@ -117,9 +137,18 @@ class RemotePort:
             "worker": data["worker"]}).content
         if attempt_wire.code_digest(content) != digest:
             raise ValueError("the code received does not match its digest")
-        partial = path.with_suffix(f".{os.getpid()}.part")
-        partial.write_bytes(content)
-        os.replace(partial, path)
+        # A name of its own for each writer: the slots of this process may fetch the same
+        # zip at once, and a shared partial name let one rename the other's file away.
+        handle, partial = tempfile.mkstemp(dir=self.cache_dir, prefix=f"{digest}.",
+                                           suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(content)
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
         self._evict()
         return content
 
