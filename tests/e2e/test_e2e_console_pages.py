@@ -145,3 +145,28 @@ def test_the_audit_links_each_code_upload_to_its_changes(
     upload_code(other.owner, theirs, make_zip({"main.py": "def main():\n    pass\n"}))
     assert browser.get(f"{server.base_url}/jobs/{theirs}/code/diff",
                        params={"base": 1, "head": 1}).status_code == 404
+
+
+def test_the_execution_page_shows_each_attempts_cpu_time_and_peak_memory(
+        server: ServerProcess, make_account: AccountFactory, browser: httpx.Client) -> None:
+    account = make_account()
+    job_id = deploy_job(account, "import time\n\ndef main():\n"
+                        "    block = b'x' * (64 * 1024 * 1024)\n"
+                        "    while time.process_time() < 0.3:\n        pass\n"
+                        "    print(len(block))\n")
+    execution = invoke(account.owner, job_id)
+    done = wait_for(account.owner, execution, timeout=60)
+    assert done["status"] == "succeeded", done
+    (attempt,) = done["attempts"]
+    assert attempt["cpu_seconds"] > 0.1 and attempt["peak_memory_bytes"] >= 64 << 20, attempt
+    with server.client() as operator:
+        url = operator.post(f"/api/v1/admin/accounts/{account.id}/users", json={
+            "email": f"r-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
+        ).json()["invite_url"]
+    sign_in_by_invite(browser, url)
+    page = browser.get(f"{server.base_url}/executions/{execution}").text
+    assert '<th scope="col">CPU time</th><th scope="col">Peak memory</th>' in page
+    cells = re.findall(r"<td>([^<]*)</td>", page.split("<h2>Attempts</h2>", 1)[1]
+                       .split("</table>", 1)[0])
+    assert f"{attempt['cpu_seconds']:.2f} s" in cells, cells
+    assert f"{attempt['peak_memory_bytes'] / (1 << 20):.1f} MiB" in cells, cells

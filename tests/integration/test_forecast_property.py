@@ -76,7 +76,11 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "plan": {"max_executions_per_day": draw(st.integers(1, 12)),
                  "max_invocations_per_job_per_day": draw(st.integers(1, 5)),
                  "daily_runtime_budget_minutes": draw(st.sampled_from([30, 60, 120, 240, 480])),
-                 "min_schedule_gap_minutes": 30, "max_jobs": 10, "max_retries": 0},
+                 "min_schedule_gap_minutes": 30, "max_jobs": 10, "max_retries": 0,
+                 # The forecast starts each run when it fires: no run may wait queued
+                 # behind the account's concurrency limit (4 jobs, each overlapping
+                 # itself at most 300 / 30 times).
+                 "max_concurrent_executions": 100},
         # From mid-March: the US and the EU change their clocks within the window.
         "start": datetime(2025, 3, 5, tzinfo=UTC) + timedelta(
             days=draw(st.integers(0, 25)), minutes=draw(st.integers(0, 24 * 60 - 1))),

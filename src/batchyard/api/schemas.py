@@ -353,7 +353,9 @@ class AttemptOut(BaseModel):
     error: str | None
     worker: str | None
     # User + system CPU time of the attempt's process tree, and the largest resident size
-    # of any one of its processes (ru_maxrss from wait4); null when not measured.
+    # of any one of its processes (no cgroup is used: wait4's ru_maxrss of the child at the
+    # rlimits level, /proc samples of the tree under bubblewrap; runtime/box/resources.py);
+    # null when not measured.
     cpu_seconds: float | None = None
     peak_memory_bytes: int | None = None
 
