@@ -8,6 +8,7 @@ A failure prints schemathesis's report, with a ``curl`` line for each case.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,28 @@ def test_every_operation_declares_its_errors_with_the_error_schema(
         for answer in errors.values():
             schema = answer["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (method, path)
+
+
+def test_the_contract_is_no_looser_than_the_server_for_null_fields_and_job_names(
+        server: ServerProcess, make_account: AccountFactory) -> None:
+    """The two looser-than-the-server cases the fuzzer's positive checks found: a field
+    declared nullable that the server refuses as null (``super_admin_only``), and a job
+    name declared valid when empty. Each is now declared as the server answers."""
+    account = make_account()
+    with server.client() as operator:
+        document = operator.get("/api/v1/openapi.json").json()
+        schemas = document["components"]["schemas"]
+        flag = schemas["AccountUpdate"]["properties"]["super_admin_only"]
+        assert flag.get("type") == "boolean" and "anyOf" not in flag, flag
+        refused = operator.patch(f"/api/v1/admin/accounts/{account.id}",
+                                 json={"super_admin_only": None})
+        assert refused.status_code == 422, refused.text
+    name = schemas["JobCreate"]["properties"]["name"]
+    assert name["minLength"] >= 1 and "pattern" in name, name
+    for bad in ("", "-starts-with-a-dash"):
+        answer = account.owner.post("/api/v1/jobs", json={"name": bad})
+        assert answer.status_code == 422, (bad, answer.text)
+        assert re.fullmatch(name["pattern"], bad) is None or len(bad) < name["minLength"]
+    made = account.owner.post("/api/v1/jobs", json={"name": "fits-the-pattern"})
+    assert made.status_code == 201, made.text
+    assert re.fullmatch(name["pattern"], "fits-the-pattern")
