@@ -4,10 +4,12 @@ are deleted in small batches, while invocations go on; SQLite gives the space ba
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,13 @@ from sqlalchemy import func, insert, select
 
 from batchyard.domain.clock import FixedClock
 from batchyard.errors import BatchyardError
-from batchyard.runtime.loops.retention_loop import RetentionLoop, RetentionPolicy
+from batchyard.runtime.box.envcache import EnvCache
+from batchyard.runtime.loops.retention_loop import (
+    RetentionLoop,
+    RetentionPolicy,
+    UvCache,
+    folder_bytes,
+)
 from batchyard.services import audit, executions, invoke, retention
 from batchyard.services.context import Actor, Platform
 from batchyard.services.ids import new_id
@@ -30,6 +38,7 @@ from batchyard.store.models import (
     execution_row,
 )
 
+MIB = 1024 * 1024
 
 def seed(platform: Platform, account_id: str, job_id: str, count: int, age: timedelta,
          status: str = "succeeded", log_lines: int = 2) -> list[str]:
@@ -189,3 +198,24 @@ def test_20000_expired_executions_are_deleted_during_an_invoke_load_and_the_file
     checkpoint(platform)
     size_after = os.path.getsize(path)
     assert size_after < size_before / 2, (size_before, size_after)
+
+
+def test_the_uv_download_cache_is_cleaned_above_its_bound_and_left_below_it(
+        platform: Platform, tmp_path: Path) -> None:
+    """The env cache's uv folder gets a size bound: above it the retention step runs the
+    real ``uv cache clean``; at or below it nothing is touched."""
+    environments = EnvCache(tmp_path / "envs", sys.executable, tmp_path / "uv-cache",
+                            64 * MIB, 60.0)
+    cache = environments.uv_cache
+    (cache / "wheels-v5" / "pypi").mkdir(parents=True)
+    (cache / "wheels-v5" / "pypi" / "big.whl").write_bytes(os.urandom(2 * MIB))
+
+    def loop(bound: int) -> RetentionLoop:
+        return RetentionLoop(platform, RetentionPolicy(), UvCache(
+            cache, bound, environments.uv, environments.uv_environment))
+
+    loop(4 * MIB).bound_uv_cache()
+    assert (cache / "wheels-v5" / "pypi" / "big.whl").exists()
+    loop(1 * MIB).bound_uv_cache()
+    assert folder_bytes(cache) < 1 * MIB
+    assert not (cache / "wheels-v5" / "pypi" / "big.whl").exists()
