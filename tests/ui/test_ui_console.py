@@ -19,7 +19,7 @@ from helper import LS
 
 def main(event):
     LS.log.info("starting", {"body": event["body"]})
-    for step in range(3):
+    for step in range(6):
         print(f"step {step}")
         time.sleep(0.5)
     with open(os.path.join(os.environ["OUTPUT_DIR"], "report.csv"), "w") as report:
@@ -114,6 +114,11 @@ def test_a_person_goes_from_invite_to_a_watched_invocation_and_signs_out(
     page.get_by_role("button", name=f"Confirm: publish {name}").click()
     page.wait_for_selector("text=Published.")
 
+    # Before the run: the usage page counts nothing yet (it moves to 1 below).
+    page.goto(ui_server.base_url + "/usage")
+    assert "Executions today: 0 of 24" in page.locator("main").inner_text()
+    gauge_before = page.locator("svg.gauge").inner_html()
+
     page.goto(ui_server.base_url + "/jobs")
     row = page.locator(f"tr[data-job='{name}']")
     assert row.locator("td[data-col=succeeded]").inner_text() == "0"
@@ -123,6 +128,13 @@ def test_a_person_goes_from_invite_to_a_watched_invocation_and_signs_out(
     row.get_by_role("button", name=f"Invoke {name}").click()
     page.wait_for_url(re.compile(r"/executions/exe_"))
     page.locator("pre.log").filter(has_text="step").wait_for()
+    # The tail is live: later lines arrive into this very page (no reload) while it runs.
+    page.evaluate("window.stillThisPage = true")
+    lines_at_first = page.locator("pre.log").inner_text().count("step ")
+    page.locator("pre.log").filter(has_text="step 3").wait_for(timeout=30_000)
+    assert page.evaluate("window.stillThisPage === true")
+    assert page.locator("[data-status]").inner_text() in ("queued", "running")
+    assert lines_at_first < 4
     shot(page, shots, "08-execution-live")
     page.locator("[data-status]").filter(has_text="succeeded").wait_for(timeout=30_000)
     # The page loads itself again at the end: attempts, run time and artifacts appear.
@@ -137,6 +149,7 @@ def test_a_person_goes_from_invite_to_a_watched_invocation_and_signs_out(
 
     page.get_by_role("link", name="Usage").click()
     assert page.locator("svg.gauge").count() == 1
+    assert page.locator("svg.gauge").inner_html() != gauge_before  # the run's time is used
     assert "Executions today: 1 of 24" in page.locator("main").inner_text()
     assert "would be blocked" in page.locator("[data-forecast-summary]").inner_text()
     shot(page, shots, "10-usage")
