@@ -154,8 +154,14 @@ class RemotePort:
 
     def _evict(self) -> None:
         """Least recently used zips beyond CODE_CACHE_FILES go (they are fetched again)."""
-        entries = sorted(self.cache_dir.glob("*.zip"), key=lambda p: p.stat().st_mtime)
-        for stale in entries[:-CODE_CACHE_FILES]:
+        # Other slots evict at the same time: a zip gone between the listing and its
+        # stat or unlink is simply gone (an error here would fail a good attempt).
+        dated: list[tuple[float, Path]] = []
+        for entry in self.cache_dir.glob("*.zip"):
+            with contextlib.suppress(OSError):
+                dated.append((entry.stat().st_mtime, entry))
+        dated.sort()
+        for _mtime, stale in dated[:-CODE_CACHE_FILES]:
             with contextlib.suppress(OSError):
                 stale.unlink()
 
