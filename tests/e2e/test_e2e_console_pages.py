@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from e2e_support import (
+    Account,
     AccountFactory,
     ServerProcess,
     create_job,
@@ -45,6 +46,16 @@ def sign_in_by_invite(browser: httpx.Client, url: str, base: str | None = None) 
                                      "password_again": PASSWORD}, headers=headers)
     assert answer.status_code == 303, answer.text[:300]
     return answer.headers["set-cookie"]
+
+
+def sign_in_as(server: ServerProcess, browser: httpx.Client, account: Account,
+               role: str) -> None:
+    """A new user of ``account`` with ``role``, invited by the operator, signed in."""
+    with server.client() as operator:
+        url = operator.post(f"/api/v1/admin/accounts/{account.id}/users", json={
+            "email": f"{role}-{uuid.uuid4().hex[:6]}@example.com", "role": role}
+        ).json()["invite_url"]
+    sign_in_by_invite(browser, url)
 
 
 def test_a_refused_upload_is_explained_on_the_job_page(
@@ -103,11 +114,7 @@ def test_a_running_execution_is_cancelled_from_its_page(
                         "    time.sleep(60)\n")
     execution = invoke(account.owner, job_id)
     wait_for(account.owner, execution, "running")
-    with server.client() as operator:
-        url = operator.post(f"/api/v1/admin/accounts/{account.id}/users", json={
-            "email": f"c-{uuid.uuid4().hex[:6]}@example.com", "role": "developer"}
-        ).json()["invite_url"]
-    sign_in_by_invite(browser, url)
+    sign_in_as(server, browser, account, "developer")
     page = browser.get(f"{server.base_url}/executions/{execution}")
     assert "Cancel execution" in page.text and "data-tail=\"/executions/" in page.text
     csrf = re.search(r'data-csrf="([^"]+)"', page.text)
@@ -127,11 +134,7 @@ def test_the_audit_links_each_code_upload_to_its_changes(
     for body in ("def main():\n    return 1\n", "def main():\n    return 2\n"):
         assert upload_code(account.owner, job_id, make_zip(
             {"main.py": body, "notes.txt": "same"})).status_code == 201
-    with server.client() as operator:
-        url = operator.post(f"/api/v1/admin/accounts/{account.id}/users", json={
-            "email": f"a-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
-        ).json()["invite_url"]
-    sign_in_by_invite(browser, url)
+    sign_in_as(server, browser, account, "viewer")
     audit = browser.get(f"{server.base_url}/audit?job_id={job_id}").text
     link = f"/jobs/{job_id}/code/diff?base=1&head=2"
     assert link in audit
@@ -159,11 +162,7 @@ def test_the_execution_page_shows_each_attempts_cpu_time_and_peak_memory(
     assert done["status"] == "succeeded", done
     (attempt,) = done["attempts"]
     assert attempt["cpu_seconds"] > 0.1 and attempt["peak_memory_bytes"] >= 64 << 20, attempt
-    with server.client() as operator:
-        url = operator.post(f"/api/v1/admin/accounts/{account.id}/users", json={
-            "email": f"r-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer"}
-        ).json()["invite_url"]
-    sign_in_by_invite(browser, url)
+    sign_in_as(server, browser, account, "viewer")
     page = browser.get(f"{server.base_url}/executions/{execution}").text
     assert '<th scope="col">CPU time</th><th scope="col">Peak memory</th>' in page
     cells = re.findall(r"<td>([^<]*)</td>", page.split("<h2>Attempts</h2>", 1)[1]
