@@ -92,9 +92,8 @@ class RemotePort:
             result = AttemptResult(AttemptOutcome.FAILED, 0.0, None,
                                    internal_error_message(reference), datetime.now(UTC))
             with contextlib.suppress(httpx.HTTPError, WorkerRefused):
-                self._call("POST", "/finish", json={
-                    "execution_id": data["execution_id"], "number": data["number"],
-                    "worker": data["worker"], "result": attempt_wire.result_to_wire(result)})
+                self._finish({key: data[key] for key in ("execution_id", "number", "worker")},
+                             result)
             return None
         return attempt_wire.claim_from_wire(data, code)
 
@@ -107,8 +106,11 @@ class RemotePort:
             **_ident(attempt), "batch": attempt_wire.batch_to_wire(batch)}).json()["ok"])
 
     def finish(self, attempt: ClaimedAttempt, result: AttemptResult) -> bool:
+        return self._finish(_ident(attempt), result)
+
+    def _finish(self, ident: Mapping[str, Any], result: AttemptResult) -> bool:
         return bool(self._call("POST", "/finish", json={
-            **_ident(attempt), "result": attempt_wire.result_to_wire(result)}).json()["ok"])
+            **ident, "result": attempt_wire.result_to_wire(result)}).json()["ok"])
 
     def request(self, attempt: ClaimedAttempt, record: Mapping[str, Any]) -> dict[str, Any]:
         """A request of the job (db, email), run by the control plane."""
