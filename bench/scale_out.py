@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,8 @@ def account(server: Fleet) -> httpx.Client:
         "email": f"b-{secrets.token_hex(4)}@example.com", "role": "admin"}).json()
     operator.close()
     return httpx.Client(base_url=server.url, timeout=60,
-                        headers={"Authorization": f"Bearer {user['api_key']}"})
+                        headers={"Authorization": f"Bearer {user['api_key']}"},
+                        limits=httpx.Limits(max_connections=16))
 
 
 def job(client: httpx.Client, main_py: str) -> str:
@@ -111,9 +113,14 @@ def job(client: httpx.Client, main_py: str) -> str:
     return str(made["id"])
 
 
-def invoke_many(client: httpx.Client, job_id: str, count: int) -> None:
-    for _ in range(count):
+def invoke_many(client: httpx.Client, job_id: str, count: int, clients: int = 8) -> None:
+    """``count`` invocations from ``clients`` concurrent callers, as an API's users make
+    them: one sequential caller was the bottleneck (its round trips, not the workers)."""
+    def invoke(_: int) -> None:
         client.post(f"/api/v1/jobs/{job_id}/invoke", json={}).raise_for_status()
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(invoke, range(count)))
 
 
 def wait_drained(database: str, timeout: float = 1800) -> None:

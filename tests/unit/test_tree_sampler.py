@@ -1,0 +1,34 @@
+"""The /proc sampler of an attempt's tree: dense while a job is young, sparse after.
+
+Every running attempt has one; a fixed 50 ms gap cost ~5 ms of the worker's CPU per
+second of each (runtime/box/resources.py), so long jobs are sampled less and less often,
+while the gap before the end stays a bounded part of the run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from batchyard.runtime.box.resources import TreeSampler
+
+BURN = "import time\nwhile time.process_time() < {seconds}: pass\n"
+
+
+def test_the_gap_is_dense_first_then_grows_to_its_bound_and_the_tree_is_counted() -> None:
+    child = subprocess.Popen([sys.executable, "-c", BURN.format(seconds=1.2)])
+    sampler = TreeSampler(child.pid, interval=0.01, dense_seconds=0.2, growth=1.5,
+                          max_interval=0.1).start()
+    time.sleep(0.15)
+    dense = sampler.samples
+    assert sampler.gap == 0.01 and dense >= 5, dense
+    child.wait()
+    usage = sampler.stop()
+    # Dense for 0.2 s (~20 samples), then gaps of 0.015, 0.0225 ... up to 0.1 s: a run of
+    # about 1.2 s takes far fewer samples than its 120 at a fixed 10 ms gap.
+    assert sampler.gap == 0.1
+    assert sampler.samples < 60, sampler.samples
+    # The last sample was at most one gap (0.1 s) before the end: that much CPU may be missed.
+    assert 1.2 - 0.1 - 0.02 <= usage.cpu_seconds <= 1.3, usage.cpu_seconds
+    assert usage.peak_memory_bytes > 1024 * 1024
