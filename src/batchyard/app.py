@@ -26,6 +26,7 @@ from batchyard.api.routes_admin import router as admin_router
 from batchyard.api.routes_admin_workers import router as admin_workers_router
 from batchyard.api.routes_executions import router as executions_router
 from batchyard.api.routes_jobs import router as jobs_router
+from batchyard.api.routes_worker import ClaimWaiters
 from batchyard.api.routes_worker import router as worker_router
 from batchyard.config import Settings
 from batchyard.domain.clock import SystemClock
@@ -54,6 +55,7 @@ from batchyard.services.invoke_batcher import InvocationBatcher
 from batchyard.services.metrics import PROCESS, StoreCollector
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
+from batchyard.store.wakeups import QueueWakeups
 from batchyard.web.console import install_console
 
 log = logging.getLogger("batchyard")
@@ -205,7 +207,12 @@ class Server:
                                f"{self.node_id}:{boot}", self.settings.workers, timing,
                                self.platform.clock.now)
         self.sweeper = Sweeper(self.platform, timing)
-        self.platform.on_queued = self.pool.wake
+        # Remote workers' claims waiting in this process (api/routes_worker.py).
+        self.claim_waiters = ClaimWaiters()
+        # On PostgreSQL, work queued here wakes the other processes' workers too.
+        self.wakeups = None if self.db.is_sqlite else QueueWakeups(
+            self.db.url, self._work_queued_elsewhere)
+        self.platform.on_queued = self._work_queued_here
         self.platform.on_cancel = self.pool.cancel
         self.delivery = DeliveryLoop(
             self.platform, mailer, WebhookPoster(self.settings.webhook_timeout_seconds,
@@ -260,6 +267,8 @@ class Server:
                                                     self.metrics)[0]
         self.node_heartbeat.start()
         self.invocations.start()
+        if self.wakeups is not None:
+            self.wakeups.start()
         self.pool.start()
         self.sweeper.start()
         self.delivery.start()
@@ -284,9 +293,20 @@ class Server:
         # After the pool: no attempt is left to query.
         self.db_broker.close()
         self.node_heartbeat.stop()
+        if self.wakeups is not None:
+            self.wakeups.stop()
         self.db.dispose()
         self.slot.release()
 
+
+    def _work_queued_elsewhere(self) -> None:
+        self.pool.wake()
+        self.claim_waiters.wake()
+
+    def _work_queued_here(self) -> None:
+        self._work_queued_elsewhere()
+        if self.wakeups is not None:
+            self.wakeups.notify()
 
     def beat(self) -> None:
         nodes.heartbeat(self.platform, nodes.NodeBeat(

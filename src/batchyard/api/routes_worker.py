@@ -12,8 +12,11 @@ only ever act on the attempts it claimed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
+from collections import deque
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -33,7 +36,9 @@ router = APIRouter(prefix="/api/v1/worker", tags=["worker"],
                    responses=schemas.errors(401, 404, 409, 422, 503))
 
 MAX_CLAIM_WAIT_SECONDS = 20.0
-_CLAIM_POLL_SECONDS = 0.2
+# A waiting claim looks again this often even unwoken: work that becomes runnable without
+# being queued (a retry's delay ran out) is found so, as a database worker's poll finds it.
+_CLAIM_POLL_SECONDS = 1.0
 # Long-polls held at once; beyond them a claim is answered 503 + Retry-After at once
 # rather than queueing behind the database pool.
 MAX_WAITING_CLAIMS = 64
@@ -113,13 +118,45 @@ async def heartbeat(identity: Worker, request: Request, platform: PlatformDep) -
     return {"ok": True}
 
 
-_waiting = 0
+class ClaimWaiters:
+    """The long-polls of this process waiting for work, woken one at a time, oldest first.
+
+    ``wake`` is called from any thread when work is queued here or another process says
+    so (store/wakeups.py); the woken claim that takes an attempt wakes the next, as the
+    pool's slots do, so a burst of queued work fills the waiting slots without waking
+    all of them for one execution.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = deque()
+        self.count = 0
+
+    def enter(self) -> asyncio.Event:
+        event = asyncio.Event()
+        with self._lock:
+            self._queue.append((asyncio.get_running_loop(), event))
+        return event
+
+    def leave(self, event: asyncio.Event) -> None:
+        with self._lock:
+            for entry in self._queue:
+                if entry[1] is event:
+                    self._queue.remove(entry)
+                    break
+
+    def wake(self) -> None:
+        with self._lock:
+            if not self._queue:
+                return
+            loop, event = self._queue.popleft()
+        loop.call_soon_threadsafe(event.set)
 
 
 @router.post("/claim")
 async def claim(identity: Worker, request: Request, platform: PlatformDep) -> Response:
     """Long-poll: the next attempt for this slot (200), or 204 after ``wait_seconds``."""
-    global _waiting
+    waiters: ClaimWaiters = request.app.state.server.claim_waiters
     data = await _body(request)
     worker = _slot(identity, data)
     wait = min(float(data.get("wait_seconds", 0) or 0), MAX_CLAIM_WAIT_SECONDS)
@@ -128,9 +165,9 @@ async def claim(identity: Worker, request: Request, platform: PlatformDep) -> Re
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise InvalidInput("labels must be a list of strings", field="labels")
     advertised = tuple(labels)
-    if _waiting >= MAX_WAITING_CLAIMS:
+    if waiters.count >= MAX_WAITING_CLAIMS:
         raise Overloaded(retry_after=1)
-    _waiting += 1
+    waiters.count += 1
     try:
         until = time.monotonic() + wait
         secret = bearer(request)
@@ -142,16 +179,24 @@ async def claim(identity: Worker, request: Request, platform: PlatformDep) -> Re
             return queue.claim_next_execution(platform, worker, lease, advertised)
 
         while True:
-            attempt = await run_in_threadpool(claim_once)
-            if attempt is not None:
-                return Response(_dumps({"attempt": attempt_wire.claim_to_wire(attempt)}),
-                                media_type="application/json")
-            if time.monotonic() + _CLAIM_POLL_SECONDS > until or \
-                    await request.is_disconnected():
-                return Response(status_code=204)
-            await asyncio.sleep(_CLAIM_POLL_SECONDS)
+            # Entered before the claim: work queued between a claim that found nothing
+            # and the wait still wakes this one.
+            woken = waiters.enter()
+            try:
+                attempt = await run_in_threadpool(claim_once)
+                if attempt is not None:
+                    waiters.wake()  # another waiting slot may take the next queued one
+                    return Response(_dumps({"attempt": attempt_wire.claim_to_wire(attempt)}),
+                                    media_type="application/json")
+                left = until - time.monotonic()
+                if left <= 0 or await request.is_disconnected():
+                    return Response(status_code=204)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(left, _CLAIM_POLL_SECONDS))
+            finally:
+                waiters.leave(woken)
     finally:
-        _waiting -= 1
+        waiters.count -= 1
 
 
 def _dumps(data: dict[str, Any]) -> bytes:
