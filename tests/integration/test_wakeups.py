@@ -16,6 +16,7 @@ import pytest
 from batchyard.config import normalise_database_url
 from batchyard.store.wakeups import QueueWakeups
 
+
 @pytest.fixture
 def url() -> str:
     base = os.environ.get("BATCHYARD_TEST_POSTGRES_URL")
