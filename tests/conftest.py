@@ -1,4 +1,5 @@
-"""Shared by every tier: what test servers leave on the host is taken away at the end."""
+"""Shared by every tier: what test servers leave on the host is taken away at the end, and
+a private PostgreSQL cluster for the tests that kill or restart their database."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from batchyard.config import Settings
 from batchyard.runtime.box.netguard import guard_installed, remove_network_guard
 from batchyard.runtime.box.sandbox import UID_COUNT
+from support.pgcluster import ClusterUnavailable, PostgresCluster
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,3 +25,21 @@ def _default_network_guard_removed() -> Iterator[None]:
     yield
     if not existed:
         remove_network_guard(uid_range)
+
+
+@pytest.fixture
+def cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the test's own (temp folder, free port), started; skipped
+    where one cannot be made (not root, no Debian server binaries)."""
+    try:
+        made = PostgresCluster()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no private PostgreSQL cluster here: {exc}")
+    try:
+        try:
+            made.start()
+        except ClusterUnavailable as exc:
+            pytest.skip(f"the private PostgreSQL cluster did not start: {exc}")
+        yield made
+    finally:
+        made.remove()

@@ -11,7 +11,6 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from e2e_support import OPERATOR_TOKEN, create_account, free_port, make_zip
 
 from support.chaos_check import check
 from support.fleet import FleetProcess
-from support.pgcluster import ClusterUnavailable, PostgresCluster
+from support.pgcluster import PostgresCluster
 
 pytestmark = pytest.mark.chaos
 
@@ -35,16 +34,6 @@ PLAN = {"max_executions_per_day": 1000, "max_invocations_per_job_per_day": 1000,
         "min_schedule_gap_minutes": 1, "max_retries": 5, "max_concurrent_executions": 2,
         "daily_runtime_budget_minutes": 240}
 JOB = "import random, time\n\ndef main():\n    time.sleep(random.uniform(0.1, 0.8))\n"
-
-
-@pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    try:
-        made = PostgresCluster().start()
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no private PostgreSQL cluster here: {exc}")
-    yield made
-    made.remove()
 
 
 def _deploy(client: httpx.Client, schedule: dict[str, Any]) -> str:

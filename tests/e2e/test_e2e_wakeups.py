@@ -6,28 +6,16 @@ starts within seconds was woken, since no poll came."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from cryptography.fernet import Fernet
 from e2e_support import OPERATOR_TOKEN, create_account, deploy_job, free_port, invoke, wait_for
 
 from support.fleet import FleetProcess
-from support.pgcluster import ClusterUnavailable, PostgresCluster
+from support.pgcluster import PostgresCluster
 
 POLL_SECONDS = 60.0
-
-
-@pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    try:
-        made = PostgresCluster().start()
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no private PostgreSQL cluster here: {exc}")
-    yield made
-    made.remove()
 
 
 def _started_after(client: httpx.Client, job_id: str) -> float:

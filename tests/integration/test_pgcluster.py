@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy import create_engine, text
 
-from support.pgcluster import ClusterUnavailable, PostgresCluster
-
-
-@pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    try:
-        made = PostgresCluster()
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no private PostgreSQL cluster: {exc}")
-    try:
-        yield made.start()
-    finally:
-        made.remove()
+from support.pgcluster import PostgresCluster
 
 
 def test_a_private_cluster_keeps_committed_rows_across_a_crash_and_a_restart(
