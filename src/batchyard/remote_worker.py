@@ -12,7 +12,7 @@ from typing import Any
 
 from batchyard.app import build_supervisor, worker_labels
 from batchyard.config import Settings
-from batchyard.domain.attempts import ClaimedAttempt
+from batchyard.domain.attempts import ClaimedAttempt, WorkerPortClosed
 from batchyard.nodelock import take_node_slot
 from batchyard.runtime.loops.node_loop import NodeHeartbeat
 from batchyard.runtime.loops.pool import PoolTiming, WorkerPool
@@ -57,20 +57,30 @@ class RemoteWorker:
         timing = PoolTiming(poll_interval=0.1, lease_seconds=lease,
                             heartbeat_seconds=float(hello["heartbeat_seconds"]),
                             sweep_interval=lease)
+        # Set by a signal (run's caller) or by the control plane refusing this worker.
+        self._stop = threading.Event()
         self.pool = WorkerPool(port, self.supervisor,
                                f"{self.slot.node_id}:{secrets.token_hex(3)}",
-                               settings.workers, timing)
+                               settings.workers, timing, on_closed=lambda: self._stop.set())
         self.heartbeat = NodeHeartbeat(self.beat, float(hello["node_heartbeat_seconds"]))
 
     def beat(self) -> None:
-        self.port.heartbeat(self.slot.node_id, self.settings.workers,
-                            self.pool.running_count(), self.labels)
+        try:
+            self.port.heartbeat(self.slot.node_id, self.settings.workers,
+                                self.pool.running_count(), self.labels)
+        except WorkerPortClosed as exc:
+            self.pool.close(str(exc))
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event) -> int:
+        """Until ``stop`` is set (0) or the control plane refuses this worker (1)."""
+        self._stop = stop
+        if self.pool.closed.is_set():
+            stop.set()
         self.heartbeat.start()
         self.pool.start()
         try:
             stop.wait()
+            return 1 if self.pool.closed.is_set() else 0
         finally:
             self.pool.stop()
             self.heartbeat.stop()

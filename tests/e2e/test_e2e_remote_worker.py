@@ -140,8 +140,14 @@ def test_a_remote_worker_runs_executions_and_its_token_opens_nothing_else(
             assert as_worker.post("/api/v1/worker/claim",
                                   json={"worker": "x/0"}).status_code == 401
         waiting = invoke(account.owner, job, {"name": "late"})
-        time.sleep(3)
+        # The worker learns it at its next call (a beat a second): it stops claiming and
+        # exits non-zero with one plain message, no traceback and no polling on.
+        assert worker.process.wait(20) == 1
         assert get_execution(account.owner, waiting)["status"] == "queued"
+        output = worker.output()
+        assert "Traceback" not in output, output
+        assert output.count("refused this worker (") == 1, output
+        assert "create a new one with POST /api/v1/admin/workers" in output
     finally:
         worker.stop()
         operator.close()

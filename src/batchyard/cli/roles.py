@@ -86,9 +86,17 @@ def worker(
     if token_file is None:
         typer.echo("batchyard: a remote worker needs --token-file", err=True)
         raise typer.Exit(code=2)
+    from batchyard.domain.attempts import WorkerPortClosed
     from batchyard.remote_worker import RemoteWorker
 
     settings = Settings(**overrides)  # type: ignore[arg-type]
     token = token_file.read_text().strip()
     stop = _until_signalled()
-    RemoteWorker(settings, server, token).run(stop)
+    try:
+        refused = RemoteWorker(settings, server, token).run(stop) != 0
+    except WorkerPortClosed:
+        refused = True
+    if refused:
+        typer.echo("batchyard: the control plane refused this worker's token (revoked or "
+                   "unknown); create a new one with POST /api/v1/admin/workers", err=True)
+        raise typer.Exit(code=1)

@@ -82,6 +82,11 @@ class AttemptResult:
     peak_memory_bytes: int | None = None
 
 
+class WorkerPortClosed(Exception):
+    """The control plane refused this worker for good (its token was revoked or is
+    unknown): no later call will be taken, so the worker stops claiming."""
+
+
 class WorkerPort(Protocol):
     """The worker side's one way to the control plane: claim an attempt, keep its lease,
     store its logs, record its end. Two implementations: in-process SQL

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from batchyard.domain import attempt_wire
-from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogBatch
+from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogBatch, WorkerPortClosed
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.errors import internal_error_message, new_reference
 
@@ -31,7 +31,7 @@ CLAIM_WAIT_SECONDS = 10.0
 CODE_CACHE_FILES = 256
 
 
-class WorkerRefused(Exception):
+class WorkerRefused(WorkerPortClosed):
     """The control plane refused this worker's token (revoked or unknown)."""
 
 

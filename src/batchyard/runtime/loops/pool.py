@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogBatch, LogRecord, WorkerPort
+from batchyard.domain.attempts import (
+    AttemptResult,
+    ClaimedAttempt,
+    LogBatch,
+    LogRecord,
+    WorkerPort,
+    WorkerPortClosed,
+)
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.errors import internal_error_message, new_reference
 from batchyard.runtime.box.logsink import LogWriter
@@ -66,7 +73,7 @@ def finish_with_retries(port: WorkerPort, attempt: ClaimedAttempt, result: Attem
 class WorkerPool:
     def __init__(self, port: WorkerPort, supervisor: Supervisor, node: str, size: int,
                  timing: PoolTiming, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 ) -> None:
+                 on_closed: Callable[[], None] = lambda: None) -> None:
         self.port = port
         self.clock = clock
         self.supervisor = supervisor
@@ -84,6 +91,9 @@ class WorkerPool:
         # cannot renew kills its own attempt before the lease runs out and a sweeper takes it.
         self._renewed: dict[tuple[str, int], float] = {}
         self._running_lock = threading.Lock()
+        # Set when the port refused this worker for good (a revoked token): its slots end.
+        self.closed = threading.Event()
+        self._on_closed = on_closed
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -116,6 +126,16 @@ class WorkerPool:
             self._signals += 1
             self._wake.notify()
 
+    def close(self, why: str) -> None:
+        """The port refused this worker for good: say so once, and tell the owner."""
+        with self._running_lock:
+            first = not self.closed.is_set()
+            self.closed.set()
+        if first:
+            log.error("the control plane refused this worker (%s): its token was revoked "
+                      "or is unknown; it stops claiming", why)
+            self._on_closed()
+
     def cancel(self, execution_id: str) -> None:
         self.supervisor.stop(execution_id, AttemptOutcome.CANCELLED,
                              "cancelled by a user")
@@ -128,6 +148,10 @@ class WorkerPool:
         while not self._stopping.is_set():
             try:
                 worked = self.work_once(self.worker_id(number))
+            except WorkerPortClosed as exc:
+                # Every later call would be refused too: say so once, end the slot.
+                self.close(str(exc))
+                return
             except Exception:
                 log.exception("worker step failed")
                 worked = False
