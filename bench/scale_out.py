@@ -58,7 +58,8 @@ class Fleet:
 @contextmanager
 def fleet(root: Path, workers: int, capacity: int, remote: bool = False) -> Iterator[Fleet]:
     # Each worker process on the database may hold a connection per slot, plus its loops'.
-    cluster = PostgresCluster(max_connections=100 + workers * (capacity + 30)).start()
+    cluster = PostgresCluster(max_connections=100 + workers * (capacity + 30), settings={
+        "shared_preload_libraries": "pg_stat_statements"}).start()
     token = "bench-" + secrets.token_hex(8)
     env = {"BATCHYARD_DATABASE_URL": cluster.url(), "BATCHYARD_OPERATOR_TOKEN": token,
            "BATCHYARD_SECRET_KEY": Fernet.generate_key().decode()}
@@ -162,6 +163,30 @@ def postgres_seconds(database: str) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _statements(database: str) -> tuple[int, int, list[tuple[int, str]]]:
+    """(statements, commits, the busiest statements) since the last reset."""
+    with psycopg.connect(database, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT calls, query FROM pg_stat_statements WHERE dbid = (SELECT oid FROM "
+            "pg_database WHERE datname = current_database()) ORDER BY calls DESC").fetchall()
+        commits = connection.execute("SELECT xact_commit FROM pg_stat_database WHERE "
+                                     "datname = current_database()").fetchone()
+    # Transaction control and the counting queries themselves are not the platform's work.
+    work = [(int(calls), " ".join(str(query).split())) for calls, query in rows
+            if not str(query).upper().startswith(("BEGIN", "COMMIT", "ROLLBACK", "SELECT CALLS",
+                                                  "SELECT XACT_COMMIT", "SELECT PG_STAT"))]
+    return sum(calls for calls, _ in work), int(commits[0]) if commits else 0, work
+
+
+def _reset_statements(database: str) -> int:
+    with psycopg.connect(database, autocommit=True) as connection:
+        connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        connection.execute("SELECT pg_stat_statements_reset()")
+        commits = connection.execute("SELECT xact_commit FROM pg_stat_database WHERE "
+                                     "datname = current_database()").fetchone()
+    return int(commits[0]) if commits else 0
+
+
 def bench_cpu(root: Path) -> float:
     count = 500
     with fleet(root, 1, 16) as server:
@@ -170,6 +195,7 @@ def bench_cpu(root: Path) -> float:
         invoke_many(client, job_id, 20)
         wait_drained(server.database)
         pids = [p.process.pid for p in [server.api, *server.workers] if p.process]
+        commits_before = _reset_statements(server.database)
         ours, pg = cpu_seconds(pids), postgres_seconds(server.database)
         started = time.monotonic()
         invoke_many(client, job_id, count)
@@ -177,11 +203,19 @@ def bench_cpu(root: Path) -> float:
         wall = time.monotonic() - started
         ours = cpu_seconds(pids) - ours
         pg = postgres_seconds(server.database) - pg
+        statements, commits, busiest = _statements(server.database)
+        commits -= commits_before
     rate = count / wall
     print(f"cpu: {count} trivial executions in {wall:.1f} s ({rate:.1f}/s, the job-start "
           f"ceiling of one worker process here); control plane + worker threads "
           f"{ours / count * 1000:.1f} ms CPU per execution (target < 5 ms), PostgreSQL "
           f"{pg / count * 1000:.1f} ms")
+    # Every process's statements on the database, the idle loops' included.
+    print(f"cpu: {statements / count:.1f} statements and {commits / count:.1f} commits per "
+          f"execution; the busiest:")
+    width = int(os.environ.get("BENCH_STATEMENT_CHARS", "110"))
+    for calls, query in busiest[:int(os.environ.get("BENCH_SHOW_STATEMENTS", "12"))]:
+        print(f"  {calls / count:5.2f}  {query[:width]}")
     return rate
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord, OutputFile
 from batchyard.domain.clock import FixedClock
-from batchyard.domain.executions import AttemptOutcome
+from batchyard.domain.executions import AttemptOutcome, ExecutionStatus
 from batchyard.errors import Conflict, Forbidden, NotFound
 from batchyard.services import accounts, audit, executions, invoke, jobs
 from batchyard.services.context import Actor, Platform
@@ -107,9 +107,9 @@ def test_failed_attempt_is_retried_then_fails(platform: Platform, clock: FixedCl
     execution = run(platform, owner, job)
     first = claim(platform)
     clock.advance(seconds=5)
-    after_first = finish_attempt(platform, first, result(AttemptOutcome.FAILED, 5,
-                                                         error="boom 1"))
-    assert after_first is not None
+    assert finish_attempt(platform, first, result(AttemptOutcome.FAILED, 5,
+                                                  error="boom 1")) is ExecutionStatus.QUEUED
+    after_first = status_of(platform, owner, execution.id)
     assert (after_first.status, after_first.attempt_count, after_first.reason) == (
         "queued", 1, None)
     assert after_first.lease_owner is None
@@ -117,8 +117,9 @@ def test_failed_attempt_is_retried_then_fails(platform: Platform, clock: FixedCl
     second = claim(platform, "node-b:1")
     assert (second.execution_id, second.number) == (execution.id, 2)
     clock.advance(seconds=7)
-    final = finish_attempt(platform, second, result(AttemptOutcome.FAILED, 7, error="boom 2"))
-    assert final is not None
+    assert finish_attempt(platform, second, result(AttemptOutcome.FAILED, 7,
+                                                   error="boom 2")) is ExecutionStatus.FAILED
+    final = status_of(platform, owner, execution.id)
     assert (final.status, final.reason, final.message) == ("failed", "error", "boom 2")
     assert final.ended_at == clock.now()
 
@@ -140,9 +141,10 @@ def test_success_ends_the_execution_and_keeps_artifacts(platform: Platform, cloc
     execution = run(platform, owner, parallel_job)
     claimed = claim(platform)
     clock.advance(seconds=3)
-    done = finish_attempt(platform, claimed, result(
-        runtime_seconds=3, artifacts=(OutputFile("report.csv", b"a,b\n1,2\n", "x" * 64),)))
-    assert done is not None
+    assert finish_attempt(platform, claimed, result(
+        runtime_seconds=3, artifacts=(OutputFile("report.csv", b"a,b\n1,2\n", "x" * 64),)),
+    ) is ExecutionStatus.SUCCEEDED
+    done = status_of(platform, owner, execution.id)
     assert (done.status, done.reason, done.ended_at) == ("succeeded", None, clock.now())
     listed = executions.list_artifacts(platform, owner, execution.id)
     assert [(a.name, a.size, a.attempt) for a in listed] == [("report.csv", 8, 1)]
@@ -343,8 +345,9 @@ def test_cancel_a_running_execution_asks_the_worker(platform: Platform, owner: A
     assert asked == [execution.id]
     assert renew_lease(platform, claimed, LEASE) == (True, True)
     # The killed attempt ends as cancelled and is not retried, whatever the retries.
-    done = finish_attempt(platform, claimed, result(AttemptOutcome.FAILED, exit_code=-15))
-    assert done is not None
+    assert finish_attempt(platform, claimed, result(AttemptOutcome.FAILED, exit_code=-15),
+                          ) is ExecutionStatus.CANCELLED
+    done = status_of(platform, owner, execution.id)
     assert (done.status, done.reason) == ("cancelled", "cancelled")
     assert claim_next_execution(platform, "node-a:1", LEASE) is None
 
@@ -384,8 +387,9 @@ def test_deleting_a_job_cancels_its_queue_and_keeps_history(
     assert status_of(platform, owner, running.id).cancel_requested
     assert claim_next_execution(platform, "node-b:1", LEASE) is None
     assert renew_lease(platform, claimed, LEASE) == (True, True)
-    done = finish_attempt(platform, claimed, result(AttemptOutcome.FAILED, exit_code=-15))
-    assert done is not None and done.status == "cancelled"
+    assert finish_attempt(platform, claimed, result(AttemptOutcome.FAILED, exit_code=-15),
+                          ) is ExecutionStatus.CANCELLED
+    assert status_of(platform, owner, running.id).status == "cancelled"
 
     listed, _ = executions.list_executions(platform, owner, job_id=parallel_job.id, status=None,
                                            since=None, until=None, limit=10, cursor=None)

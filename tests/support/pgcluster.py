@@ -48,8 +48,11 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self, max_connections: int = 200) -> None:
+    def __init__(self, max_connections: int = 200, settings: dict[str, str] | None = None,
+                 ) -> None:
         self.max_connections = max_connections
+        # Extra server settings (-c name=value), e.g. a bench's pg_stat_statements.
+        self.settings = dict(settings or {})
         if os.geteuid() != 0:
             raise ClusterUnavailable("a private cluster is made as root (runuser -u postgres)")
         try:
@@ -88,7 +91,8 @@ class PostgresCluster:
         # fsync off: a test cluster's durability across a host crash is not under test; a
         # killed server still recovers from its WAL.
         options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 "
-                   f"-c fsync=off -c max_connections={self.max_connections}")
+                   f"-c fsync=off -c max_connections={self.max_connections}"
+                   + "".join(f" -c {name}={value}" for name, value in self.settings.items()))
         self._as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options,
                            "-l", str(self.log), "-w", "-t", "60", "start"])
         return self

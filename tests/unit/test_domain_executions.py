@@ -11,6 +11,7 @@ from batchyard.domain.executions import (
     AttemptOutcome,
     ExecutionStatus,
     after_attempt,
+    may_retry,
 )
 
 QUEUED_AGAIN = AfterAttempt(ExecutionStatus.QUEUED, True, None)
@@ -94,3 +95,19 @@ def test_a_dependency_install_failure_is_final_whatever_the_retries() -> None:
     # Cancelled while installing: the cancel is what the execution records.
     assert after_attempt(AttemptOutcome.CANCELLED, 1, 3,
                          final_failure=DEPENDENCY_INSTALL_FAILED).reason == "cancelled"
+
+
+@pytest.mark.parametrize("outcome", list(AttemptOutcome))
+@pytest.mark.parametrize("final_failure", [None, DEPENDENCY_INSTALL_FAILED])
+@pytest.mark.parametrize("number", [1, 2, 3])
+def test_the_budget_matters_exactly_when_a_retry_may_start(
+        outcome: AttemptOutcome, final_failure: str | None, number: int) -> None:
+    """Finishing reads the day's budget only when may_retry says so: everywhere else the
+    decision must be the same with the budget unknown, plenty or exhausted."""
+    decisions = {after_attempt(outcome, number, 2, budget, final_failure)
+                 for budget in (None, 100.0, 0.0)}
+    if may_retry(outcome, number, 2, final_failure):
+        assert after_attempt(outcome, number, 2, 100.0, final_failure) == QUEUED_AGAIN
+        assert not after_attempt(outcome, number, 2, 0.0, final_failure).retry
+    else:
+        assert len(decisions) == 1 and not decisions.pop().retry

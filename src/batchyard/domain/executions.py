@@ -62,6 +62,17 @@ class AfterAttempt:
     reason: str | None
 
 
+def may_retry(outcome: AttemptOutcome, attempt_number: int, retries: int,
+              final_failure: str | None = None) -> bool:
+    """Whether ``after_attempt`` could decide on a retry: only then does the day's budget
+    matter, so a finished attempt that cannot be retried never reads it."""
+    if outcome in (AttemptOutcome.SUCCEEDED, AttemptOutcome.CANCELLED):
+        return False
+    if final_failure is not None and outcome is AttemptOutcome.FAILED:
+        return False
+    return attempt_number <= retries
+
+
 def after_attempt(outcome: AttemptOutcome, attempt_number: int, retries: int,
                   budget_left_seconds: float | None = None,
                   final_failure: str | None = None, worker_lost: bool = False,

@@ -32,6 +32,7 @@ from batchyard.domain.executions import (
     AttemptOutcome,
     ExecutionStatus,
     after_attempt,
+    may_retry,
 )
 from batchyard.domain.jobs import JobSettings, label_sets
 from batchyard.domain.plans import plan_from_dict
@@ -64,18 +65,20 @@ def _heads_statement() -> Any:
     account runs nothing: its queued executions wait until it is enabled.
     """
     queued = (select(_EXECUTION.c.account_id, func.min(_EXECUTION.c.id).label("head"))
-              .where(_EXECUTION.c.status == "queued",
-                     _EXECUTION.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
-                     # Only what this worker's labels satisfy (domain.jobs.label_sets).
-                     _EXECUTION.c.worker_labels.in_(bindparam("label_sets",
-                                                               expanding=True)))
-              .group_by(_EXECUTION.c.account_id).subquery())
+              .where(*_due(_EXECUTION, "now")).group_by(_EXECUTION.c.account_id).subquery())
     busy = _busy(queued.c.account_id)
     return (select(queued.c.head, queued.c.account_id, busy, Account.plan)
             .join(Account, Account.id == queued.c.account_id)
             .where(Account.batch_jobs_enabled.is_(True))
             .order_by(busy, queued.c.head)
             .limit(bindparam("heads")).offset(bindparam("skip")))
+
+
+def _due(table: Any, now: str) -> tuple[Any, ...]:
+    """Queued, due, and asking for no label this worker lacks (domain.jobs.label_sets)."""
+    return (table.c.status == "queued",
+            table.c.next_attempt_at <= bindparam(now, type_=UTCDateTime()),
+            table.c.worker_labels.in_(bindparam("label_sets", expanding=True)))
 
 
 def _busy(account_id: Any) -> Any:
@@ -96,26 +99,32 @@ def _account_slots_statement() -> Any:
 _HEADS_PAGE = 16
 
 
-def _candidates(session: Session, now: datetime, sets: list[str]) -> \
-        Iterator[tuple[str, str]]:
-    """(execution, account) heads of accounts below their plan's max_concurrent_executions,
-    least busy first; accounts at their limit are passed over (their executions wait)."""
+def _candidates(session: Session, now: datetime, sets: list[str]) -> Iterator[str]:
+    """Accounts with due work below their plan's max_concurrent_executions, least busy
+    first (then oldest head); accounts at their limit are passed over (theirs wait)."""
     connection = session.connection()
     for page in itertools.count():
         rows = connection.execute(_heads_statement(), {
             "now": now, "heads": _HEADS_PAGE, "skip": page * _HEADS_PAGE,
             "label_sets": sets}).all()
-        for head, account_id, busy, plan in rows:
+        for _head, account_id, busy, plan in rows:
             if busy < plan_from_dict(plan).max_concurrent_executions:
-                yield head, account_id
+                yield account_id
         if len(rows) < _HEADS_PAGE:
             return
 
 
-def _has_free_slot(session: Session, account_id: str) -> bool:
+def _free_slots_limit(session: Session, account_id: str) -> int | None:
+    """Lock the account; its max_concurrent_executions, or None when it is already full.
+
+    The count read here may be older than the lock (PostgreSQL evaluates the statement's
+    subquery in the snapshot it took before waiting): it only passes over a full account
+    early. The claim statement counts again, in a snapshot taken after the lock.
+    """
     plan, busy = session.connection().execute(_account_slots_statement(),
                                               {"aid": account_id}).one()
-    return int(busy) < plan_from_dict(plan).max_concurrent_executions
+    limit = plan_from_dict(plan).max_concurrent_executions
+    return limit if int(busy) < limit else None
 
 
 # Claims rounds: each round either starts an attempt, ends a queued execution that cannot
@@ -137,15 +146,19 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
         # this transaction and the next head is tried: one bad row never wedges the queue.
         for _ in range(_CLAIM_ROUNDS):
             progressed = False
-            for execution_id, account_id in _candidates(session, now, sets):
-                if not _has_free_slot(session, account_id):
+            for account_id in _candidates(session, now, sets):
+                limit = _free_slots_limit(session, account_id)
+                if limit is None:
                     continue
+                # The account's lock is held: the head is picked now, under it, so a worker
+                # that waited for another's claim of this account takes the next head at
+                # once instead of failing on the one just taken and asking for heads again.
                 row = session.connection().execute(_claim_statement(), {
-                    "eid": execution_id, "p_worker": worker, "p_now": now,
-                    "p_until": now + timedelta(seconds=lease_seconds)}).first()
+                    "aid": account_id, "p_worker": worker, "p_now": now,
+                    "p_until": now + timedelta(seconds=lease_seconds),
+                    "label_sets": sets, "p_limit": limit}).first()
                 if row is None:
-                    progressed = True  # another worker took it: the heads have changed
-                    break
+                    continue  # nothing of this account is due any more, or it is full
                 claimed = _start_attempt(platform, session, row._mapping, worker, now)
                 if claimed is not None:
                     return claimed
@@ -162,8 +175,13 @@ def _claim_statement() -> Any:
     columns = ("id", "account_id", "job_id", "job_name", "revision", "attempt_count",
                "reserved_seconds", "account_day", "params", "source", "log_seq", "log_bytes",
                "log_truncated", "created_at")
+    queued = _EXECUTION.alias("queued")
+    head = (select(func.min(queued.c.id))
+            .where(queued.c.account_id == bindparam("aid"), *_due(queued, "p_now"))
+            .scalar_subquery())
     return (update(_EXECUTION)
-            .where(_EXECUTION.c.id == bindparam("eid"), _EXECUTION.c.status == "queued")
+            .where(_EXECUTION.c.id == head, _EXECUTION.c.status == "queued",
+                   _busy(bindparam("aid")) < bindparam("p_limit"))
             .values(status="running", attempt_count=_EXECUTION.c.attempt_count + 1,
                     lease_owner=bindparam("p_worker"), lease_expires_at=bindparam("p_until"),
                     started_at=func.coalesce(_EXECUTION.c.started_at, bindparam("p_now")))
@@ -213,9 +231,9 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
         return None
     if context.budget_mode == "strict":
         usage.add_account(session, execution["account_id"], day, reserved_seconds=deadline)
-    connection.execute(_SET_RESERVED, {
-        "eid": execution["id"],
-        "p_reserved": deadline if context.budget_mode == "strict" else 0.0})
+    reserved = deadline if context.budget_mode == "strict" else 0.0
+    if reserved != execution["reserved_seconds"]:
+        connection.execute(_SET_RESERVED, {"eid": execution["id"], "p_reserved": reserved})
     number = execution["attempt_count"]
     connection.execute(_INSERT_ATTEMPT, {
         "account_id": execution["account_id"], "execution_id": execution["id"],
@@ -306,6 +324,10 @@ _LOG_COUNTERS = update(_EXECUTION).where(_OWNED).values(
     log_truncated=bindparam("p_truncated")).returning(_EXECUTION.c.id)
 _RELEASE = update(_EXECUTION).where(_OWNED).values(lease_owner=None) \
     .returning(_EXECUTION.c.id)
+# The end's last log batch and the release of the lease in one fenced statement.
+_RELEASE_WITH_LOGS = update(_EXECUTION).where(_OWNED).values(
+    lease_owner=None, log_seq=bindparam("p_seq"), log_bytes=bindparam("p_bytes"),
+    log_truncated=bindparam("p_truncated")).returning(_EXECUTION.c.id)
 # An attempt is charged at most its deadline (SPEC §3): the time between starting the clock
 # and the spawn, the kill's latency and its grace are not the customer's.
 _END_ATTEMPT = update(_ATTEMPT).where(
@@ -411,9 +433,12 @@ def append_logs(platform: Platform, attempt: ClaimedAttempt, records: list[LogRe
                                                       truncated))
 
 
-def _store_logs(session: Session, attempt: ClaimedAttempt, batch: LogBatch) -> bool:
+def _store_logs(session: Session, attempt: ClaimedAttempt, batch: LogBatch,
+                fence: Any = _LOG_COUNTERS) -> bool:
+    """The batch's counters through ``fence`` (a statement fenced by the owner), then its
+    records; False, with nothing written, when the attempt is no longer ours."""
     connection = session.connection()
-    owned = connection.execute(_LOG_COUNTERS, {
+    owned = connection.execute(fence, {
         **_owner(attempt), "p_seq": batch.first_seq + len(batch.records),
         "p_bytes": batch.used_bytes, "p_truncated": batch.truncated}).first()
     if owned is None:
@@ -429,18 +454,21 @@ def _store_logs(session: Session, attempt: ClaimedAttempt, batch: LogBatch) -> b
 
 
 def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptResult) -> \
-        Execution | None:
+        ExecutionStatus | None:
     """Record the attempt's end, charge its run time, then retry or close the execution.
 
-    Returns None when a sweeper already took the attempt away (the late write is dropped).
+    Returns the execution's status after it (queued: a retry), or None when a sweeper
+    already took the attempt away (the late write is dropped).
     """
     with platform.db.write() as session:
-        if result.logs is not None and not _store_logs(session, attempt, result.logs):
-            return None
         connection = session.connection()
-        if connection.execute(_RELEASE, _owner(attempt)).first() is None:
+        if result.logs is not None:
+            if not _store_logs(session, attempt, result.logs, fence=_RELEASE_WITH_LOGS):
+                return None
+        elif connection.execute(_RELEASE, _owner(attempt)).first() is None:
             return None
-        _close_attempt(platform, session, attempt.execution_id, attempt.number, result)
+        status = _close_attempt(platform, session, attempt.execution_id, attempt.number,
+                                result)
         for output in result.artifacts:
             connection.execute(_DELETE_ARTIFACT, {"aid": attempt.account_id,
                                                   "eid": attempt.execution_id,
@@ -450,14 +478,14 @@ def finish_attempt(platform: Platform, attempt: ClaimedAttempt, result: AttemptR
                 "attempt": attempt.number, "name": output.name, "size": len(output.content),
                 "sha256": output.sha256, "created_at": result.ended_at,
                 "content": output.content})
-        execution = session.get_one(Execution, attempt.execution_id)
-    if execution.status == ExecutionStatus.QUEUED:
+    if status is ExecutionStatus.QUEUED:
         platform.on_queued()
-    return execution
+    return status
 
 
 def _close_attempt(platform: Platform, session: Session, execution_id: str, number: int,
-                   result: AttemptResult, worker_lost: bool = False) -> None:
+                   result: AttemptResult, worker_lost: bool = False) -> ExecutionStatus:
+    """End the attempt's row, charge it, then requeue or close the execution: its status."""
     connection = session.connection()
     day, charged = connection.execute(_END_ATTEMPT, {
         "eid": execution_id, "num": number, "p_status": result.outcome.value,
@@ -472,24 +500,29 @@ def _close_attempt(platform: Platform, session: Session, execution_id: str, numb
     usage.add_account(session, account_id, day, runtime_seconds=charged,
                       reserved_seconds=-reserved)
     usage.add_job(session, account_id, job_id, day, runtime_seconds=charged)
-    plan_data, timezone = connection.execute(_ACCOUNT_PLAN, {"aid": account_id}).one()
     settings = platform.revisions.get(session, account_id, job_id, revision).settings
-    today = account_day(result.ended_at, timezone).isoformat()
-    _, used, reserved_today = usage.account_day_row(session, account_id, today)
-    budget_left = plan_from_dict(plan_data).daily_runtime_budget_seconds - used - reserved_today
     cancelled = cancel_requested and result.outcome is not AttemptOutcome.SUCCEEDED
     outcome = AttemptOutcome.CANCELLED if cancelled else result.outcome
+    budget_left = None
+    if may_retry(outcome, number, settings.retries, result.final_failure):
+        # A retry starts only while today's budget has some left (SPEC §3).
+        plan_data, timezone = connection.execute(_ACCOUNT_PLAN, {"aid": account_id}).one()
+        today = account_day(result.ended_at, timezone).isoformat()
+        _, used, reserved_today = usage.account_day_row(session, account_id, today)
+        budget_left = (plan_from_dict(plan_data).daily_runtime_budget_seconds - used
+                       - reserved_today)
     decision = after_attempt(outcome, number, settings.retries, budget_left,
                              result.final_failure, worker_lost)
     if decision.retry:
         connection.execute(_REQUEUE, {"eid": execution_id, "p_at": result.ended_at})
-        return
+        return ExecutionStatus.QUEUED
     connection.execute(_CLOSE, {"eid": execution_id, "p_status": decision.status.value,
                                 "p_reason": decision.reason, "p_message": result.error,
                                 "p_ended": result.ended_at})
     # The outbox rows commit (or roll back) with the final state itself.
     notifications.enqueue_execution_end(platform, session, account_id, execution_id,
                                         decision.status.value, settings)
+    return decision.status
 
 
 def clock_offset_seconds(platform: Platform) -> float | None:
