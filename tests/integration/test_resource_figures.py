@@ -111,9 +111,43 @@ def test_cpu_time_of_a_child_process_counts(server: Server) -> None:
 
 def test_a_job_past_the_dense_sampling_is_reported_within_its_last_gap(
         server: Server) -> None:
-    # 3 CPU seconds: after the first 1.5 s the samples grow apart (resources.py), so the
-    # tail a sample may miss under bubblewrap is at most a gap of ~0.5 s, not 50 ms.
+    # 3 CPU seconds: the job's own report at its end makes it exact; the samples alone
+    # (below) would be within a gap of ~0.5 s.
     result = _run(server, "import time\ndef main():\n"
                           "    while time.process_time() < 3.0:\n        pass\n")
     assert result.cpu_seconds is not None
-    assert 2.5 <= result.cpu_seconds <= 3.5, result.cpu_seconds
+    assert 2.9 <= result.cpu_seconds <= 3.3, result.cpu_seconds
+
+
+# The job sends a usage record of its own saying it used nothing, then leaves without the
+# boot's report (os._exit): what it used comes from the samples, whatever it claimed.
+UNDER_REPORTING = """
+import os, sys, time
+def main():
+    block = b"x" * (100 * 1024 * 1024)
+    while time.process_time() < 1.5:
+        pass
+    sys.modules["_batchyard_boot"]._supervisor.send_line(
+        b'{"type": "usage", "cpu_seconds": 0.0, "peak_memory_bytes": 0}\\n')
+    time.sleep(0.3)
+    os._exit(len(block) * 0)
+"""
+
+
+def test_a_job_that_under_reports_its_usage_gets_the_measured_figures(
+        server: Server) -> None:
+    """Only the samples (every gap up to a quarter of the run): the report is no lower
+    bound the job can push down."""
+    result = _run(server, UNDER_REPORTING)
+    assert result.cpu_seconds is not None and result.peak_memory_bytes is not None
+    assert 1.0 <= result.cpu_seconds <= 1.8, result.cpu_seconds
+    assert result.peak_memory_bytes >= 90 * MIB, result.peak_memory_bytes
+
+
+def test_a_job_killed_at_its_deadline_has_the_sampled_figures(server: Server) -> None:
+    """No report from a killed job: its CPU is the samples', within the last gap."""
+    result, _ = run_attempt(server.supervisor, claimed_attempt(
+        "def main():\n    while True:\n        pass\n", deadline_seconds=2))
+    assert result.outcome is AttemptOutcome.TIMED_OUT, result.error
+    assert result.cpu_seconds is not None
+    assert 1.4 <= result.cpu_seconds <= 2.3, result.cpu_seconds

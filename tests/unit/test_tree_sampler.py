@@ -1,8 +1,9 @@
-"""The /proc sampler of an attempt's tree: dense while a job is young, sparse after.
+"""The /proc sampler of an attempt's tree: dense while a job is young, sparse after, and
+the job's own report at its end, joined with the samples.
 
-Every running attempt has one; a fixed 50 ms gap cost ~5 ms of the worker's CPU per
-second of each (runtime/box/resources.py), so long jobs are sampled less and less often,
-while the gap before the end stays a bounded part of the run.
+Every running attempt has a sampler; a fixed 50 ms gap cost ~5 ms of the worker's CPU per
+second of each (runtime/box/resources.py), so jobs are sampled less and less often, while
+the gap before the end stays a bounded part of the run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import subprocess
 import sys
 import time
 
-from batchyard.runtime.box.resources import TreeSampler
+import pytest
+
+from batchyard.runtime.box.resources import (
+    ResourceUsage,
+    TreeSampler,
+    reported_usage,
+    with_report,
+)
 
 BURN = "import time\nwhile time.process_time() < {seconds}: pass\n"
 
@@ -32,3 +40,26 @@ def test_the_gap_is_dense_first_then_grows_to_its_bound_and_the_tree_is_counted(
     # The last sample was at most one gap (0.1 s) before the end: that much CPU may be missed.
     assert 1.2 - 0.1 - 0.02 <= usage.cpu_seconds <= 1.3, usage.cpu_seconds
     assert usage.peak_memory_bytes > 1024 * 1024
+
+
+@pytest.mark.parametrize("record", [
+    {"cpu_seconds": 1.5},
+    {"cpu_seconds": "1", "peak_memory_bytes": 10},
+    {"cpu_seconds": True, "peak_memory_bytes": 10},
+    {"cpu_seconds": 1.0, "peak_memory_bytes": 1.5},
+    {"cpu_seconds": float("nan"), "peak_memory_bytes": 10},
+    {"cpu_seconds": -1.0, "peak_memory_bytes": 10},
+    {"cpu_seconds": 1.0, "peak_memory_bytes": 1 << 60},
+])
+def test_a_usage_report_that_is_not_two_sane_numbers_is_ignored(
+        record: dict[str, object]) -> None:
+    assert reported_usage({"type": "usage", **record}) is None
+
+
+def test_the_larger_of_each_figure_is_kept_and_a_report_alone_is_no_figure() -> None:
+    report = reported_usage({"type": "usage", "cpu_seconds": 2, "peak_memory_bytes": 10})
+    assert report == ResourceUsage(2.0, 10)
+    assert with_report(ResourceUsage(1.5, 50), report) == ResourceUsage(2.0, 50)
+    assert with_report(ResourceUsage(3.0, 5), report) == ResourceUsage(3.0, 10)
+    assert with_report(None, report) is None
+    assert with_report(ResourceUsage(1.0, 1), None) == ResourceUsage(1.0, 1)

@@ -43,7 +43,13 @@ from batchyard.runtime.box.envcache import EnvCache, InstallFailed, InstallInter
 from batchyard.runtime.box.logsink import LogSink, LogWriter
 from batchyard.runtime.box.processes import kill_group_now, kill_tree, process_table
 from batchyard.runtime.box.pump import OutputPump, Part
-from batchyard.runtime.box.resources import ResourceUsage, UsageMeter, wait_with_usage
+from batchyard.runtime.box.resources import (
+    ResourceUsage,
+    UsageMeter,
+    reported_usage,
+    wait_with_usage,
+    with_report,
+)
 from batchyard.runtime.box.sandbox import Confinement, Sandbox, explain_failure
 from batchyard.runtime.box.workspace import SetupTimedOut, collect_outputs, create_workspace
 from batchyard.runtime.channel.dispatcher import Reply, RequestDispatcher, RequestHandler
@@ -57,7 +63,7 @@ BOOT_COMMAND = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
 CHANNEL_LINE_LIMIT = 1024 * 1024
 LAST_REQUEST_GRACE_SECONDS = 2.0
 # Records the job sends without waiting for a reply (the SDK writes "type" first).
-_ONE_WAY_RECORD = re.compile(rb'\s*\{\s*"type"\s*:\s*"(log|error|result)"')
+_ONE_WAY_RECORD = re.compile(rb'\s*\{\s*"type"\s*:\s*"(log|error|result|usage)"')
 LOG_FLUSH_SECONDS = 0.2
 # What the tenant learns when this host cannot isolate jobs; the operator learns why (the
 # startup log, health's operator view). No host detail: it is the tenant's log.
@@ -313,7 +319,9 @@ class Supervisor:
         """Launch the child, route what it says, watch it to its end, then report."""
         child = self._launch(attempt, code_dir, output_dir, tmp_dir, confinement, site_dirs)
         errors: list[str] = []
-        dispatcher, on_line = self._route(attempt, sink, errors, child.channel)
+        # The job's own figures at its end (the boot's usage record), to join the measured.
+        reports: list[ResourceUsage] = []
+        dispatcher, on_line = self._route(attempt, sink, errors, reports, child.channel)
         stop = self._watch(attempt, child, sink, confinement, stops, on_line,
                            (code_dir, output_dir, tmp_dir))
         runtime = child.runtime
@@ -329,7 +337,7 @@ class Supervisor:
         outcome, error = self._outcome(child.exit_code, stop, errors)
         sink.add("log", f"batchyard: attempt {attempt.number} ended: {outcome.value}"
                  + (f" ({error})" if error else "") + f" after {runtime:.3f} s", "info")
-        usage = child.usage
+        usage = with_report(child.usage, reports[-1] if reports else None)
         return AttemptResult(outcome, runtime, child.exit_code, error, self.clock(),
                              outputs.files,
                              cpu_seconds=usage.cpu_seconds if usage else None,
@@ -382,7 +390,7 @@ class Supervisor:
         return _Child(process, parent_end, liveness_write, started)
 
     def _route(self, attempt: ClaimedAttempt, sink: LogSink, errors: list[str],
-               channel: socket.socket) -> tuple[RequestDispatcher,
+               reports: list[ResourceUsage], channel: socket.socket) -> tuple[RequestDispatcher,
                                                 Callable[[str, bytes, Part], None]]:
         """Where each line of the child goes: output to the log, channel records to the
         log, the error list or the request dispatcher."""
@@ -397,7 +405,7 @@ class Supervisor:
             if stream != "channel":
                 sink.add(stream, line.decode("utf-8", "replace"))
             elif part is Part.WHOLE:
-                self._on_channel_line(line, sink, errors, dispatcher)
+                self._on_channel_line(line, sink, errors, reports, dispatcher)
             elif part is Part.FIRST:
                 self._on_long_channel_line(line, sink, dispatcher)
 
@@ -503,7 +511,7 @@ class Supervisor:
         return AttemptOutcome.FAILED, f"exited with code {exit_code}"
 
     def _on_channel_line(self, line: bytes, sink: LogSink, errors: list[str],
-                         dispatcher: RequestDispatcher) -> None:
+                         reports: list[ResourceUsage], dispatcher: RequestDispatcher) -> None:
         try:
             record = json.loads(line)
         except ValueError:
@@ -513,7 +521,7 @@ class Supervisor:
         if dispatcher.handles(record.get("type")):
             dispatcher.submit(record)
         else:
-            self._on_record(record, sink, errors)
+            self._on_record(record, sink, errors, reports)
 
     @staticmethod
     def _on_long_channel_line(first_piece: bytes, sink: LogSink,
@@ -535,7 +543,8 @@ class Supervisor:
                                     f"{CHANNEL_LINE_LIMIT} bytes"})
 
     @staticmethod
-    def _on_record(record: dict[str, Any], sink: LogSink, errors: list[str]) -> None:
+    def _on_record(record: dict[str, Any], sink: LogSink, errors: list[str],
+                   reports: list[ResourceUsage]) -> None:
         kind = record.get("type")
         if kind == "log":
             level = record.get("level") if record.get("level") in _LEVELS else "info"
@@ -547,6 +556,10 @@ class Supervisor:
                           [:2000])
         elif kind == "result":
             sink.add("log", "main returned", "debug", {"result": record.get("value")})
+        elif kind == "usage":
+            reported = reported_usage(record)
+            if reported is not None:
+                reports.append(reported)
 
 
 

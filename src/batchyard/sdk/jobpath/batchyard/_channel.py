@@ -100,6 +100,10 @@ class Channel:
                 return False
         return self._write(line)
 
+    def send_line(self, line: bytes) -> bool:
+        """Write one record already encoded (one JSON line within the limit)."""
+        return not self._broken and self._write(line)
+
     def _write(self, line: bytes) -> bool:
         with self._write_lock:
             try:
