@@ -84,6 +84,29 @@ def test_claim_takes_the_oldest_queued_then_nothing(platform: Platform, clock: F
     assert claim_next_execution(platform, "node-c:1", LEASE) is None
 
 
+def test_a_claim_says_whether_more_was_due(platform: Platform, owner: Actor,
+                                          parallel_job: Job,
+                                          make_account: Callable[..., Account],
+                                          make_actor: Callable[..., Actor],
+                                          make_published_job: Callable[..., Job]) -> None:
+    """The pool wakes another slot only when more was due (runtime/loops/pool.py)."""
+    run(platform, owner, parallel_job)
+    time.sleep(0.002)
+    run(platform, owner, parallel_job)
+    assert claim(platform).due_seen == 2
+    assert claim(platform).due_seen == 1
+    # An account at its limit has due work nobody may claim: it is no reason to wake.
+    full = make_actor(make_account(plan={"max_concurrent_executions": 1}))
+    full_job = make_published_job(full, settings={"concurrency": "allow"})
+    run(platform, full, full_job)
+    time.sleep(0.002)
+    run(platform, full, full_job)
+    assert claim(platform).account_id == full.account_id
+    run(platform, owner, parallel_job)
+    claimed = claim(platform)
+    assert (claimed.account_id, claimed.due_seen) == (owner.account_id, 1)
+
+
 def test_claim_is_fair_across_accounts(platform: Platform, owner: Actor, parallel_job: Job,
                                        make_account: Callable[..., Account],
                                        make_actor: Callable[..., Actor],

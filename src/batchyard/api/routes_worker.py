@@ -185,7 +185,8 @@ async def claim(identity: Worker, request: Request, platform: PlatformDep) -> Re
             try:
                 attempt = await run_in_threadpool(claim_once)
                 if attempt is not None:
-                    waiters.wake()  # another waiting slot may take the next queued one
+                    if attempt.due_seen != 1:  # another waiting slot may take the next
+                        waiters.wake()
                     return Response(_dumps({"attempt": attempt_wire.claim_to_wire(attempt)}),
                                     media_type="application/json")
                 left = until - time.monotonic()

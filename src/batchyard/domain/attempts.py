@@ -36,6 +36,11 @@ class ClaimedAttempt:
     log_seq: int
     log_bytes: int
     log_truncated: bool
+    # A hint from the claim: how many executions this worker could take were due when
+    # this one was claimed, itself included (0: not known). The pool wakes another idle
+    # slot only while more were due than its slots already claiming: a claim that finds
+    # nothing costs a transaction, and work queued later wakes a slot of its own.
+    due_seen: int = 0
 
 
 @dataclass(frozen=True)

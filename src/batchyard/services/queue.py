@@ -10,6 +10,7 @@ import functools
 import itertools
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,10 +65,11 @@ def _heads_statement() -> Any:
     is computed once per account with work, not once per queued row. A disabled
     account runs nothing: its queued executions wait until it is enabled.
     """
-    queued = (select(_EXECUTION.c.account_id, func.min(_EXECUTION.c.id).label("head"))
+    queued = (select(_EXECUTION.c.account_id, func.min(_EXECUTION.c.id).label("head"),
+                     func.count().label("due"))
               .where(*_due(_EXECUTION, "now")).group_by(_EXECUTION.c.account_id).subquery())
     busy = _busy(queued.c.account_id)
-    return (select(queued.c.head, queued.c.account_id, busy, Account.plan)
+    return (select(queued.c.due, queued.c.account_id, busy, Account.plan)
             .join(Account, Account.id == queued.c.account_id)
             .where(Account.batch_jobs_enabled.is_(True))
             .order_by(busy, queued.c.head)
@@ -99,17 +101,23 @@ def _account_slots_statement() -> Any:
 _HEADS_PAGE = 16
 
 
-def _candidates(session: Session, now: datetime, sets: list[str]) -> Iterator[str]:
+def _candidates(session: Session, now: datetime, sets: list[str]) -> \
+        Iterator[tuple[str, int]]:
     """Accounts with due work below their plan's max_concurrent_executions, least busy
-    first (then oldest head); accounts at their limit are passed over (theirs wait)."""
+    first (then oldest head); accounts at their limit are passed over (theirs wait).
+    Each comes with how many executions such accounts of its page had due (a hint)."""
     connection = session.connection()
     for page in itertools.count():
         rows = connection.execute(_heads_statement(), {
             "now": now, "heads": _HEADS_PAGE, "skip": page * _HEADS_PAGE,
             "label_sets": sets}).all()
-        for _head, account_id, busy, plan in rows:
-            if busy < plan_from_dict(plan).max_concurrent_executions:
-                yield account_id
+        open_rows = [(account_id, int(due)) for due, account_id, busy, plan in rows
+                     if busy < plan_from_dict(plan).max_concurrent_executions]
+        due_here = sum(due for _, due in open_rows)
+        if len(rows) == _HEADS_PAGE:
+            due_here += 1  # more pages: more may be due
+        for account_id, _ in open_rows:
+            yield account_id, due_here
         if len(rows) < _HEADS_PAGE:
             return
 
@@ -146,7 +154,7 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
         # this transaction and the next head is tried: one bad row never wedges the queue.
         for _ in range(_CLAIM_ROUNDS):
             progressed = False
-            for account_id in _candidates(session, now, sets):
+            for account_id, due in _candidates(session, now, sets):
                 limit = _free_slots_limit(session, account_id)
                 if limit is None:
                     continue
@@ -161,7 +169,7 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
                     continue  # nothing of this account is due any more, or it is full
                 claimed = _start_attempt(platform, session, row._mapping, worker, now)
                 if claimed is not None:
-                    return claimed
+                    return replace(claimed, due_seen=due)
                 progressed = True  # it ended without an attempt: look at the heads again
                 break
             if not progressed:

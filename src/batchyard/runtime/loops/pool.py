@@ -1,7 +1,9 @@
 """The worker pool: claim an execution, run its attempt, report, repeat.
 
 Each worker thread is a driver around one step (``work_once``). Work queued in
-this process wakes a worker at once; work queued elsewhere is found by polling.
+this process (or elsewhere, with a notice on PostgreSQL) wakes a worker at once; a
+poll timer is the floor under the wake-ups. A worker claims again at once only while
+its last claim saw more due: claims that find nothing cost a transaction each.
 One heartbeat thread renews every running attempt's lease and carries cancels.
 The pool reaches the control plane only through its worker port (in-process SQL or
 HTTP); the sweeper of lost attempts is the control plane's (``Sweeper``).
@@ -82,8 +84,8 @@ class WorkerPool:
         self.timing = timing
         self._wake = threading.Condition()
         self._signals = 0
-        # The one idle slot that polls the queue (None: the next idle slot takes it on).
-        self._poller: int | None = None
+        # Slots inside a claim now (the poll timer adds none while one is looking).
+        self._claiming = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[tuple[str, int], ClaimedAttempt] = {}
@@ -101,6 +103,7 @@ class WorkerPool:
             self._spawn(self._work_loop, f"worker-{number}", number)
         if self.size:
             self._spawn(self._heartbeat_loop, "heartbeat")
+            self._spawn(self._poll_loop, "poll")
 
     def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -147,37 +150,54 @@ class WorkerPool:
     def _work_loop(self, number: int) -> None:
         while not self._stopping.is_set():
             try:
-                worked = self.work_once(self.worker_id(number))
+                again = self.work_once(self.worker_id(number))
             except WorkerPortClosed as exc:
                 # Every later call would be refused too: say so once, end the slot.
                 self.close(str(exc))
                 return
             except Exception:
                 log.exception("worker step failed")
-                worked = False
-            if worked:
+                again = False
+            if again:
                 continue
             with self._wake:
+                # Idle slots sleep until woken: by work queued here or elsewhere (a notice),
+                # by a claim that saw more due, or by the poll timer. Every idle slot
+                # polling was 64 claim queries a second, or 64 long-polls held open.
                 if self._signals == 0 and not self._stopping.is_set():
-                    # One idle slot polls for work queued elsewhere; the others sleep until
-                    # woken (work queued here, or a claim that took the poller away: see
-                    # work_once). Otherwise every idle slot polls: 64 idle slots were 64
-                    # claim queries a second, or 64 long-polls held by the control plane.
-                    if self._poller is None:
-                        self._poller = number
-                    self._wake.wait(self.timing.poll_interval if self._poller == number
-                                    else None)
-                    if self._poller == number:
-                        self._poller = None
+                    self._wake.wait()
                 self._signals = max(0, self._signals - 1)
 
+    def _poll_loop(self) -> None:
+        """The floor under the wake-ups: every poll interval one idle slot claims, unless
+        one is claiming already (a remote long-poll is held for seconds) or is about to."""
+        while not self._stopping.wait(self.timing.poll_interval):
+            with self._wake:
+                if self._claiming == 0 and self._signals == 0:
+                    self._signals += 1
+                    self._wake.notify()
+
     def work_once(self, worker: str) -> bool:
-        """Claim and run one attempt; False when nothing was queued."""
-        attempt = self.port.claim(worker, self.timing.lease_seconds)
+        """Claim and run one attempt. True: claim again at once (the claim saw more due);
+        False: nothing was claimed, or nothing more was due then. Work queued since has
+        left a wake-up signal (``wake``): the slot takes it before it sleeps."""
+        with self._wake:
+            self._claiming += 1
+        try:
+            attempt = self.port.claim(worker, self.timing.lease_seconds)
+        finally:
+            with self._wake:
+                self._claiming -= 1
+                # Slots of this pool still claiming: each will take one of what was due.
+                others = self._claiming
         if attempt is None:
             return False
-        # Another worker may take the next queued execution while this one runs.
-        self.wake()
+        # Another slot may take the next queued execution while this one runs, but only
+        # if more was due than the slots claiming already take: a slot claiming in vain
+        # after every start cost a transaction per execution.
+        more_due = attempt.due_seen == 0 or attempt.due_seen > 1 + others
+        if more_due:
+            self.wake()
         key = (attempt.execution_id, attempt.number)
         with self._running_lock:
             self._running[key] = attempt
@@ -200,7 +220,7 @@ class WorkerPool:
             with self._running_lock:
                 self._running.pop(key, None)
                 self._renewed.pop(key, None)
-        return True
+        return more_due
 
     def log_writer(self, attempt: ClaimedAttempt) -> LogWriter:
         def write(records: list[LogRecord], first_seq: int, used: int, truncated: bool) -> bool:
