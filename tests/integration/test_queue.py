@@ -22,6 +22,7 @@ from batchyard.services.queue import (
     claim_next_execution,
     finish_attempt,
     renew_lease,
+    renew_leases,
     sweep_lost,
 )
 from batchyard.store.models import Account, Attempt, Execution, Job, LogLine, UsageDay
@@ -241,6 +242,27 @@ def test_renew_lease_reports_cancel_and_loss(platform: Platform, clock: FixedClo
     clock.advance(seconds=LEASE + 1)
     assert sweep_lost(platform, LEASE) == 1
     assert renew_lease(platform, claimed, LEASE) == (False, True)
+
+
+def test_renewing_many_leases_at_once_fences_each(platform: Platform, clock: FixedClock,
+                                                   owner: Actor, parallel_job: Job) -> None:
+    first = run(platform, owner, parallel_job)
+    time.sleep(0.002)
+    second = run(platform, owner, parallel_job)
+    time.sleep(0.002)
+    third = run(platform, owner, parallel_job)
+    a, b, c = claim(platform, "node-a:1"), claim(platform, "node-a:2"), claim(platform)
+    executions.cancel(platform, owner, second.id)
+    clock.advance(seconds=10)
+    # c as another worker's claim, or as an earlier attempt of its execution: not ours.
+    stale = [replace(c, worker="node-z:9"), replace(c, number=c.number + 1)]
+    assert renew_leases(platform, [a, b, *stale], LEASE) == [
+        (True, False), (True, True), (False, True), (False, True)]
+    until = clock.now() + timedelta(seconds=LEASE)
+    assert status_of(platform, owner, first.id).lease_expires_at == until
+    assert status_of(platform, owner, second.id).lease_expires_at == until
+    assert status_of(platform, owner, third.id).lease_expires_at < until
+    assert renew_leases(platform, [], LEASE) == []
 
 
 def test_sweep_fails_an_expired_attempt(platform: Platform, clock: FixedClock, owner: Actor,

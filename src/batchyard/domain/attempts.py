@@ -106,8 +106,10 @@ class WorkerPort(Protocol):
         """The next attempt this worker may run, leased to it; None: nothing is due."""
         ...
 
-    def renew(self, attempt: ClaimedAttempt, lease_seconds: float) -> tuple[bool, bool]:
-        """Extend the lease: (still ours, cancel requested)."""
+    def renew(self, attempts: list[ClaimedAttempt],
+              lease_seconds: float) -> list[tuple[bool, bool] | None]:
+        """Extend the leases of running attempts: for each, in order, (still ours, cancel
+        requested), or None when its renewal failed (raised: all of them failed)."""
         ...
 
     def append_logs(self, attempt: ClaimedAttempt, batch: LogBatch) -> bool:

@@ -15,8 +15,9 @@ class LocalPort:
     def claim(self, worker: str, lease_seconds: float) -> ClaimedAttempt | None:
         return queue.claim_next_execution(self.platform, worker, lease_seconds, self.labels)
 
-    def renew(self, attempt: ClaimedAttempt, lease_seconds: float) -> tuple[bool, bool]:
-        return queue.renew_lease(self.platform, attempt, lease_seconds)
+    def renew(self, attempts: list[ClaimedAttempt],
+              lease_seconds: float) -> list[tuple[bool, bool] | None]:
+        return list(queue.renew_leases(self.platform, attempts, lease_seconds))
 
     def append_logs(self, attempt: ClaimedAttempt, batch: LogBatch) -> bool:
         return queue.append_logs(self.platform, attempt, list(batch.records), batch.first_seq,

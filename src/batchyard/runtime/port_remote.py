@@ -97,9 +97,23 @@ class RemotePort:
             return None
         return attempt_wire.claim_from_wire(data, code)
 
-    def renew(self, attempt: ClaimedAttempt, lease_seconds: float) -> tuple[bool, bool]:
-        data = self._call("POST", "/renew", json=_ident(attempt)).json()
-        return bool(data["ours"]), bool(data["cancel"])
+    def renew(self, attempts: list[ClaimedAttempt],
+              lease_seconds: float) -> list[tuple[bool, bool] | None]:
+        # One call per attempt (the protocol's /renew); one that fails is None, the others
+        # are still renewed.
+        renewed: list[tuple[bool, bool] | None] = []
+        for attempt in attempts:
+            try:
+                data = self._call("POST", "/renew", json=_ident(attempt)).json()
+            except WorkerPortClosed:
+                raise
+            except Exception:
+                log.warning("lease renewal of %s/%d failed", attempt.execution_id,
+                            attempt.number, exc_info=True)
+                renewed.append(None)
+                continue
+            renewed.append((bool(data["ours"]), bool(data["cancel"])))
+        return renewed
 
     def append_logs(self, attempt: ClaimedAttempt, batch: LogBatch) -> bool:
         return bool(self._call("POST", "/logs", json={

@@ -14,7 +14,19 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, null, select, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
@@ -327,6 +339,15 @@ _OWNED = and_(_EXECUTION.c.id == bindparam("eid"), _EXECUTION.c.status == "runni
               _EXECUTION.c.lease_owner == bindparam("worker"))
 _RENEW = update(_EXECUTION).where(_OWNED).values(lease_expires_at=bindparam("p_until")) \
     .returning(_EXECUTION.c.cancel_requested)
+# Every running attempt of a worker process renewed in one statement (each still fenced
+# by its own number and owner): a transaction per attempt every heartbeat was ~30 a
+# second for a worker running 64 long jobs.
+_RENEW_MANY = update(_EXECUTION).where(
+    tuple_(_EXECUTION.c.id, _EXECUTION.c.attempt_count, _EXECUTION.c.lease_owner).in_(
+        bindparam("keys", expanding=True)),
+    _EXECUTION.c.status == "running",
+).values(lease_expires_at=bindparam("p_until")).returning(
+    _EXECUTION.c.id, _EXECUTION.c.attempt_count, _EXECUTION.c.cancel_requested)
 _LOG_COUNTERS = update(_EXECUTION).where(_OWNED).values(
     log_seq=bindparam("p_seq"), log_bytes=bindparam("p_bytes"),
     log_truncated=bindparam("p_truncated")).returning(_EXECUTION.c.id)
@@ -431,6 +452,21 @@ def renew_lease(platform: Platform, attempt: ClaimedAttempt, lease_seconds: floa
     if row is None:
         return False, True
     return True, bool(row[0])
+
+
+def renew_leases(platform: Platform, attempts: list[ClaimedAttempt],
+                 lease_seconds: float) -> list[tuple[bool, bool]]:
+    """``renew_lease`` for many attempts in one statement, in their order."""
+    if not attempts:
+        return []
+    now = platform.clock.now()
+    with platform.db.write() as session:
+        rows = session.connection().execute(_RENEW_MANY, {
+            "keys": [(a.execution_id, a.number, a.worker) for a in attempts],
+            "p_until": now + timedelta(seconds=lease_seconds)}).all()
+    cancels = {(row.id, row.attempt_count): bool(row.cancel_requested) for row in rows}
+    return [(True, cancels[key]) if key in cancels else (False, True)
+            for key in ((a.execution_id, a.number) for a in attempts)]
 
 
 def append_logs(platform: Platform, attempt: ClaimedAttempt, records: list[LogRecord],

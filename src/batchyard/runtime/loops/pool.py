@@ -241,11 +241,19 @@ class WorkerPool:
         """Renew every running attempt's lease; stop those lost, cancelled or unrenewable."""
         with self._running_lock:
             running = list(self._running.items())
-        for key, attempt in running:
-            try:
-                ours, cancel = self.port.renew(attempt, self.timing.lease_seconds)
-            except Exception:
-                log.warning("lease renewal of %s/%d failed", *key, exc_info=True)
+        if not running:
+            return
+        try:
+            answers = self.port.renew([attempt for _, attempt in running],
+                                      self.timing.lease_seconds)
+        except WorkerPortClosed:
+            answers = [None] * len(running)
+        except Exception:
+            log.warning("lease renewal of %d running attempts failed", len(running),
+                        exc_info=True)
+            answers = [None] * len(running)
+        for (key, attempt), answer in zip(running, answers, strict=True):
+            if answer is None:
                 with self._running_lock:
                     renewed = self._renewed.get(key)
                 # Fencing alone would refuse its late writes, but the child would run on
@@ -258,6 +266,7 @@ class WorkerPool:
                                          "execution (control plane unreachable)",
                                          attempt.number)
                 continue
+            ours, cancel = answer
             if not ours:
                 self.supervisor.stop(attempt.execution_id, AttemptOutcome.INTERRUPTED,
                                      "this worker lost its lease on the execution",
