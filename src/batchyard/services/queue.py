@@ -103,11 +103,11 @@ def _busy(account_id: Any) -> Any:
 
 
 @functools.cache
-def _account_slots_statement() -> Any:
+def _account_slots_statement(skip_locked: bool) -> Any:
     # The account's row locked, then its running attempts counted: two workers claiming
     # for one account at once cannot both take its last slot (SQLite's writers are serial).
     return (select(Account.plan, _busy(Account.id)).where(Account.id == bindparam("aid"))
-            .with_for_update(of=Account))
+            .with_for_update(of=Account, skip_locked=skip_locked))
 
 
 _HEADS_PAGE = 16
@@ -134,15 +134,23 @@ def _candidates(session: Session, now: datetime, sets: list[str]) -> \
             return
 
 
-def _free_slots_limit(session: Session, account_id: str) -> int | None:
-    """Lock the account; its max_concurrent_executions, or None when it is already full.
+def _free_slots_limit(session: Session, account_id: str, wait: bool) -> int | None:
+    """Lock the account; its max_concurrent_executions, or None when it is already full
+    (or, without ``wait``, locked by another transaction).
+
+    Only a claim that holds no account's lock yet may wait for one: a claim holding one
+    account while it waited for another, in the order of its own heads, deadlocked with
+    a claim (or an admission) holding that one and waiting on its way to the first.
 
     The count read here may be older than the lock (PostgreSQL evaluates the statement's
     subquery in the snapshot it took before waiting): it only passes over a full account
     early. The claim statement counts again, in a snapshot taken after the lock.
     """
-    plan, busy = session.connection().execute(_account_slots_statement(),
-                                              {"aid": account_id}).one()
+    row = session.connection().execute(_account_slots_statement(not wait),
+                                       {"aid": account_id}).first()
+    if row is None:
+        return None  # locked elsewhere (or the account is gone): the next account
+    plan, busy = row
     limit = plan_from_dict(plan).max_concurrent_executions
     return limit if int(busy) < limit else None
 
@@ -164,10 +172,12 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
         # commit) updates nothing and tries the next head. A head that cannot run (its
         # job left service, no budget, an attempt that cannot be prepared) is ended in
         # this transaction and the next head is tried: one bad row never wedges the queue.
+        holding = False  # an account's lock is held by this transaction
         for _ in range(_CLAIM_ROUNDS):
             progressed = False
             for account_id, due in _candidates(session, now, sets):
-                limit = _free_slots_limit(session, account_id)
+                limit = _free_slots_limit(session, account_id, wait=not holding)
+                holding = True
                 if limit is None:
                     continue
                 # The account's lock is held: the head is picked now, under it, so a worker
