@@ -134,13 +134,12 @@ def _candidates(session: Session, now: datetime, sets: list[str]) -> \
             return
 
 
-def _free_slots_limit(session: Session, account_id: str, wait: bool) -> int | None:
-    """Lock the account; its max_concurrent_executions, or None when it is already full
-    (or, without ``wait``, locked by another transaction).
+_LOCKED_ELSEWHERE = -1
 
-    Only a claim that holds no account's lock yet may wait for one: a claim holding one
-    account while it waited for another, in the order of its own heads, deadlocked with
-    a claim (or an admission) holding that one and waiting on its way to the first.
+
+def _free_slots_limit(session: Session, account_id: str, wait: bool) -> int | None:
+    """Lock the account; its max_concurrent_executions, or None when it is already full.
+    Without ``wait``, ``_LOCKED_ELSEWHERE`` when another transaction holds it.
 
     The count read here may be older than the lock (PostgreSQL evaluates the statement's
     subquery in the snapshot it took before waiting): it only passes over a full account
@@ -149,7 +148,7 @@ def _free_slots_limit(session: Session, account_id: str, wait: bool) -> int | No
     row = session.connection().execute(_account_slots_statement(not wait),
                                        {"aid": account_id}).first()
     if row is None:
-        return None  # locked elsewhere (or the account is gone): the next account
+        return _LOCKED_ELSEWHERE if not wait else None
     plan, busy = row
     limit = plan_from_dict(plan).max_concurrent_executions
     return limit if int(busy) < limit else None
@@ -160,6 +159,33 @@ def _free_slots_limit(session: Session, account_id: str, wait: bool) -> int | No
 _CLAIM_ROUNDS = 8
 
 
+class _Ended:
+    """The head claimed ended without an attempt (see _start_attempt)."""
+
+
+_ENDED = _Ended()
+
+
+def _claim_in(platform: Platform, session: Session, account_id: str, limit: int | None,
+              due: int, worker: str, now: datetime, lease_seconds: float,
+              sets: list[str]) -> ClaimedAttempt | _Ended | None:
+    """Under the account's lock: its head, claimed and started; None when it has none due
+    (or no free slot), ``_ENDED`` when the head ended without an attempt."""
+    if limit is None:
+        return None
+    # The head is picked now, under the lock, so a worker that waited for another's claim
+    # of this account takes the next head at once instead of failing on the one just
+    # taken and asking for heads again.
+    row = session.connection().execute(_claim_statement(), {
+        "aid": account_id, "p_worker": worker, "p_now": now,
+        "p_until": now + timedelta(seconds=lease_seconds),
+        "label_sets": sets, "p_limit": limit}).first()
+    if row is None:
+        return None
+    claimed = _start_attempt(platform, session, row._mapping, worker, now)
+    return _ENDED if claimed is None else replace(claimed, due_seen=due)
+
+
 def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
                          labels: tuple[str, ...] = ()) -> ClaimedAttempt | None:
     """The next attempt for ``worker``, whose advertised ``labels`` must include every
@@ -167,33 +193,45 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
     now = platform.clock.now()
     sets = label_sets(labels)
     with platform.db.write() as session:
-        # The conditional UPDATE is the claim: of two workers that pick the same head,
-        # one updates it and the other (on PostgreSQL, after waiting for the first to
-        # commit) updates nothing and tries the next head. A head that cannot run (its
-        # job left service, no budget, an attempt that cannot be prepared) is ended in
-        # this transaction and the next head is tried: one bad row never wedges the queue.
+        # The claim is a conditional UPDATE under the account's lock (the slot count and
+        # max_concurrent_executions are exact). A head that cannot run (its job left
+        # service, no budget, an attempt that cannot be prepared) is ended in this
+        # transaction and the heads are read again: one bad row never wedges the queue.
+        # Accounts are tried without waiting for a lock another claim (or an admission)
+        # holds: concurrent claims spread over the accounts with work instead of queueing
+        # on the first, and a claim holding one account's lock never waits for another's
+        # (waiting while holding, each claim in its own heads' order, deadlocked). Only a
+        # claim that found every open account locked, and so holds none, waits: for the
+        # first of them.
         holding = False  # an account's lock is held by this transaction
         for _ in range(_CLAIM_ROUNDS):
             progressed = False
+            locked: list[tuple[str, int]] = []
             for account_id, due in _candidates(session, now, sets):
-                limit = _free_slots_limit(session, account_id, wait=not holding)
-                holding = True
-                if limit is None:
+                limit = _free_slots_limit(session, account_id, wait=False)
+                if limit == _LOCKED_ELSEWHERE:
+                    locked.append((account_id, due))
                     continue
-                # The account's lock is held: the head is picked now, under it, so a worker
-                # that waited for another's claim of this account takes the next head at
-                # once instead of failing on the one just taken and asking for heads again.
-                row = session.connection().execute(_claim_statement(), {
-                    "aid": account_id, "p_worker": worker, "p_now": now,
-                    "p_until": now + timedelta(seconds=lease_seconds),
-                    "label_sets": sets, "p_limit": limit}).first()
-                if row is None:
+                holding = True
+                outcome = _claim_in(platform, session, account_id, limit, due, worker, now,
+                                    lease_seconds, sets)
+                if outcome is None:
                     continue  # nothing of this account is due any more, or it is full
-                claimed = _start_attempt(platform, session, row._mapping, worker, now)
-                if claimed is not None:
-                    return replace(claimed, due_seen=due)
+                if not isinstance(outcome, _Ended):
+                    return outcome
                 progressed = True  # it ended without an attempt: look at the heads again
                 break
+            if not progressed and locked and not holding:
+                account_id, due = locked[0]
+                limit = _free_slots_limit(session, account_id, wait=True)
+                holding = True
+                outcome = _claim_in(platform, session, account_id, limit, due, worker, now,
+                                    lease_seconds, sets)
+                if outcome is None:
+                    return None
+                if not isinstance(outcome, _Ended):
+                    return outcome
+                progressed = True
             if not progressed:
                 return None
         return None
