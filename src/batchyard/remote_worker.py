@@ -56,7 +56,7 @@ class RemoteWorker:
         lease = float(hello["lease_seconds"])
         timing = PoolTiming(poll_interval=0.1, lease_seconds=lease,
                             heartbeat_seconds=float(hello["heartbeat_seconds"]),
-                            sweep_interval=lease)
+                            sweep_interval=lease, hold_claim=True)
         # Set by a signal (run's caller) or by the control plane refusing this worker.
         self._stop = threading.Event()
         self.pool = WorkerPool(port, self.supervisor,
