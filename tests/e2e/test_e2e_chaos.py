@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from cryptography.fernet import Fernet
 from e2e_support import OPERATOR_TOKEN, create_account, free_port, make_zip
@@ -95,12 +96,16 @@ def test_scale_out_survives_kills_and_a_database_restart(cluster: PostgresCluste
             assert made.status_code == 201, made.text
             token_file = tmp_path / "worker.token"
             token_file.write_text(made.json()["token"])
+            remote_prefix = f"{made.json()['id']}:"
             accounts = [create_account(operator, plan=PLAN) for _ in range(ACCOUNTS)]
         for n in range(2):
             fleet.append(FleetProcess(f"worker{n}", tmp_path / f"worker{n}", [
                 "worker", "--workers", "6", "--data-dir", str(tmp_path / f"worker{n}" / "data")],
                 common).start())
-        remote_env = {k: v for k, v in common.items() if k != "BATCHYARD_DATABASE_URL"}
+        # A remote worker host holds neither the database's credentials nor the key that
+        # seals the tenants' secrets: its attempts' variables come decrypted with the claim.
+        remote_env = {k: v for k, v in common.items()
+                      if k not in ("BATCHYARD_DATABASE_URL", "BATCHYARD_SECRET_KEY")}
         fleet.append(FleetProcess("remote", tmp_path / "remote", [
             "worker", "--server", urls[0], "--token-file", str(token_file), "--workers", "6",
             "--data-dir", str(tmp_path / "remote" / "data")], remote_env).start())
@@ -179,6 +184,12 @@ def test_scale_out_survives_kills_and_a_database_restart(cluster: PostgresCluste
         allowed = {"succeeded", "failed/interrupted", "failed/worker_lost",
                    "cancelled/job_unpublished"}
         assert set(report.endings) <= allowed, report.lines()
+        # The remote worker (no database URL, no secret key) took its share of attempts.
+        with psycopg.connect(cluster.url(), autocommit=True) as connection:
+            remote_attempts = connection.execute(
+                "SELECT count(*) FROM attempts WHERE worker LIKE %s",
+                (remote_prefix + "%",)).fetchone()
+        assert remote_attempts is not None and remote_attempts[0] > 0, remote_attempts
         for account in accounts:
             account.close()
     finally:

@@ -265,3 +265,41 @@ def test_a_claim_whose_code_cannot_be_kept_ends_its_attempt_at_once(
         port.close()
         operator.close()
         account.close()
+
+
+def test_claims_beyond_the_held_long_polls_are_answered_503_with_retry_after_at_once(
+        control_plane: ServerProcess) -> None:
+    """An overloaded control plane tells workers when to come back instead of holding
+    them until they time out: past MAX_WAITING_CLAIMS long-polls, a claim is 503 at once."""
+    from batchyard.api.routes_worker import MAX_WAITING_CLAIMS
+
+    operator = control_plane.client()
+    token = _worker_token(operator, "crowd")
+    headers = {"Authorization": f"Bearer {token['token']}"}
+    url = f"{control_plane.base_url}/api/v1/worker/claim"
+    held_for = 8.0
+
+    def hold(n: int) -> int:
+        with httpx.Client(timeout=30) as client:
+            return client.post(url, headers=headers, json={
+                "worker": f"w/{n}", "wait_seconds": held_for}).status_code
+
+    try:
+        with ThreadPoolExecutor(MAX_WAITING_CLAIMS) as pool:
+            holders = [pool.submit(hold, n) for n in range(MAX_WAITING_CLAIMS)]
+            # Every long-poll is held (nothing is queued) before the one over the limit.
+            time.sleep(3)
+            assert not any(h.done() for h in holders)
+            asked = time.monotonic()
+            over = httpx.post(url, headers=headers, timeout=30,
+                              json={"worker": "w/over", "wait_seconds": held_for})
+            answered_in = time.monotonic() - asked
+            assert over.status_code == 503, over.text
+            assert over.headers["retry-after"] == "1"
+            assert over.json()["error"]["code"] == "overloaded"
+            assert answered_in < 2.0, answered_in
+            assert [h.result() for h in holders] == [204] * MAX_WAITING_CLAIMS
+        # Once they are answered, claims are held again.
+        assert hold(0) == 204
+    finally:
+        operator.close()
