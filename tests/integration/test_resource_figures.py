@@ -151,3 +151,13 @@ def test_a_job_killed_at_its_deadline_has_the_sampled_figures(server: Server) ->
     assert result.outcome is AttemptOutcome.TIMED_OUT, result.error
     assert result.cpu_seconds is not None
     assert 1.4 <= result.cpu_seconds <= 2.3, result.cpu_seconds
+
+
+def test_a_job_with_modules_named_like_the_standard_librarys_still_ends_as_it_returned(
+        server: Server) -> None:
+    """The boot's usage report imports nothing after the job ran: a job whose folder (first
+    on sys.path) holds a resource.py of its own ended failed after main() returned."""
+    result = _run(server, "import sys, types\n"
+                          "sys.modules['resource'] = types.ModuleType('resource')\n"
+                          "def main():\n    pass\n")
+    assert result.exit_code == 0 and result.cpu_seconds is not None

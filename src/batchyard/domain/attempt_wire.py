@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any
 
@@ -34,8 +35,13 @@ def claim_to_wire(attempt: ClaimedAttempt) -> dict[str, Any]:
     return data
 
 
+_CLAIM_FIELDS = frozenset(f.name for f in dataclass_fields(ClaimedAttempt))
+
+
 def claim_from_wire(data: dict[str, Any], code: bytes) -> ClaimedAttempt:
-    fields = {k: v for k, v in data.items() if k != "code_sha256"}
+    # Fields this version does not know (a newer control plane's hints) are left out: a
+    # claim that could not be decoded would leave its attempt to lapse into worker_lost.
+    fields = {k: v for k, v in data.items() if k in _CLAIM_FIELDS and k != "code"}
     fields["secret_values"] = tuple(fields["secret_values"])
     return ClaimedAttempt(code=code, **fields)
 

@@ -70,9 +70,14 @@ class Recorded:
 
 _EXECUTION: Table = Execution.__table__  # type: ignore[assignment]
 # Built once (bound parameters): admission runs for every invocation.
+# FOR NO KEY UPDATE: it excludes other admissions and claims of the account as FOR UPDATE
+# did, but not the FOR KEY SHARE that every insert referencing the account takes (a
+# finish's deliveries, artifacts, audit): with FOR UPDATE, a finish holding the day's
+# usage row and inserting such a row waited for the lock holder, which waited for that
+# usage row (a deadlock PostgreSQL broke by failing one of them).
 _LOCK_ACCOUNT = select(Account.timezone, Account.plan, Account.batch_jobs_enabled,
                        Account.budget_mode).where(Account.id == bindparam("aid")) \
-    .with_for_update()
+    .with_for_update(key_share=True)
 # No settings column: a job never published is refused before its settings matter, and a
 # published one is decided on its revision's settings (cached, never decoded per call).
 _JOBS = select(Job.id, Job.name, Job.status, Job.revision).where(

@@ -106,8 +106,10 @@ def _busy(account_id: Any) -> Any:
 def _account_slots_statement(skip_locked: bool) -> Any:
     # The account's row locked, then its running attempts counted: two workers claiming
     # for one account at once cannot both take its last slot (SQLite's writers are serial).
+    # FOR NO KEY UPDATE, as admission's lock (services/invoke.py): inserts that reference
+    # the account (a finish's deliveries, artifacts) neither wait for it nor make it skip.
     return (select(Account.plan, _busy(Account.id)).where(Account.id == bindparam("aid"))
-            .with_for_update(of=Account, skip_locked=skip_locked))
+            .with_for_update(of=Account, skip_locked=skip_locked, key_share=True))
 
 
 _HEADS_PAGE = 16
