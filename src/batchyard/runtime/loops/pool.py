@@ -63,6 +63,12 @@ def finish_with_retries(port: WorkerPort, attempt: ClaimedAttempt, result: Attem
     while True:
         try:
             return port.finish(attempt, result)
+        except WorkerPortClosed:
+            # Refused for good (a revoked token): no later try would be taken.
+            log.error("the end of attempt %s/%d was refused: this worker's token is no "
+                      "longer valid; the sweeper will take it", attempt.execution_id,
+                      attempt.number)
+            return False
         except Exception:
             if time.monotonic() + delay > give_up_at:
                 log.exception("could not record the end of attempt %s/%d; its lease will "
@@ -242,7 +248,11 @@ class WorkerPool:
     # --- heartbeat and sweeper -------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         while not self._stopping.wait(self.timing.heartbeat_seconds):
-            self.heartbeat_once()
+            try:
+                self.heartbeat_once()
+            except Exception:
+                # This thread keeps every running lease: it must outlive any one beat.
+                log.exception("a lease heartbeat failed")
 
     def running_count(self) -> int:
         with self._running_lock:
