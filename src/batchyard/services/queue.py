@@ -387,8 +387,6 @@ _ACCOUNT: Table = Account.__table__  # type: ignore[assignment]
 _OWNED = and_(_EXECUTION.c.id == bindparam("eid"), _EXECUTION.c.status == "running",
               _EXECUTION.c.attempt_count == bindparam("num"),
               _EXECUTION.c.lease_owner == bindparam("worker"))
-_RENEW = update(_EXECUTION).where(_OWNED).values(lease_expires_at=bindparam("p_until")) \
-    .returning(_EXECUTION.c.cancel_requested)
 # Every running attempt of a worker process renewed in one statement (each still fenced
 # by its own number and owner): a transaction per attempt every heartbeat was ~30 a
 # second for a worker running 64 long jobs.
@@ -404,9 +402,7 @@ _LOG_COUNTERS = update(_EXECUTION).where(_OWNED).values(
 _RELEASE = update(_EXECUTION).where(_OWNED).values(lease_owner=None) \
     .returning(_EXECUTION.c.id)
 # The end's last log batch and the release of the lease in one fenced statement.
-_RELEASE_WITH_LOGS = update(_EXECUTION).where(_OWNED).values(
-    lease_owner=None, log_seq=bindparam("p_seq"), log_bytes=bindparam("p_bytes"),
-    log_truncated=bindparam("p_truncated")).returning(_EXECUTION.c.id)
+_RELEASE_WITH_LOGS = _LOG_COUNTERS.values(lease_owner=None)
 # An attempt is charged at most its deadline (SPEC §3): the time between starting the clock
 # and the spawn, the kill's latency and its grace are not the customer's.
 _END_ATTEMPT = update(_ATTEMPT).where(
@@ -495,13 +491,7 @@ def _owner(attempt: ClaimedAttempt) -> dict[str, Any]:
 def renew_lease(platform: Platform, attempt: ClaimedAttempt, lease_seconds: float) -> \
         tuple[bool, bool]:
     """Extend the lease. Returns (still ours, cancel requested)."""
-    now = platform.clock.now()
-    with platform.db.write() as session:
-        row = session.connection().execute(_RENEW, {
-            **_owner(attempt), "p_until": now + timedelta(seconds=lease_seconds)}).first()
-    if row is None:
-        return False, True
-    return True, bool(row[0])
+    return renew_leases(platform, [attempt], lease_seconds)[0]
 
 
 def renew_leases(platform: Platform, attempts: list[ClaimedAttempt],
