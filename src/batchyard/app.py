@@ -150,6 +150,11 @@ def build_supervisor(settings: Settings, data_dir: Path) -> Supervisor:
     supervisor.environments = EnvCache(
         placement.env_root, python, placement.uv_cache, settings.env_cache_max_mb * 1024 * 1024,
         settings.env_install_timeout_seconds)
+    # Warm starts: after the sandbox and the network guard, so that each box is the cold
+    # path's to the byte.
+    supervisor.enable_warm_starts(settings.warm_pool_size, settings.warm_pool_per_key,
+                                  settings.warm_idle_seconds,
+                                  settings.warm_pool_max_mb * 1024 * 1024)
     return supervisor
 
 
@@ -287,6 +292,7 @@ class Server:
             self.scheduler.stop()
         self.sweeper.stop()
         self.pool.stop()
+        self.supervisor.close()
         # After the pool, whose last closes write outbox rows: what is not sent by now
         # waits in the outbox for the next start.
         self.delivery.stop()

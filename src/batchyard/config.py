@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     job_cpu_seconds: int = Field(default=0, ge=0)
     # What an attempt's working, output and tmp folders may hold together (0: no limit).
     job_max_disk_bytes: int = Field(default=2 * 1024 ** 3, ge=0)
+    # Warm starts (runtime/box/warm.py): interpreters spawned ahead of their attempts, in
+    # their own sandbox and uid, one attempt each; at most this many in all (0: off),
+    # this many per key (requirements), this much resident memory, for keys whose
+    # attempts started in the last warm_idle_seconds.
+    warm_pool_size: int = Field(default=4, ge=0, le=256)
+    warm_pool_per_key: int = Field(default=4, ge=1, le=256)
+    warm_pool_max_mb: int = Field(default=256, ge=0)
+    warm_idle_seconds: float = Field(default=300.0, gt=0)
     # When the server runs as root each attempt gets its own uid from this base + n.
     sandbox_uid_base: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
     # "public": an nftables table refuses the job uids this host (loopback, its own

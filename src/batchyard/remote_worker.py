@@ -83,6 +83,7 @@ class RemoteWorker:
             return 1 if self.pool.closed.is_set() else 0
         finally:
             self.pool.stop()
+            self.supervisor.close()
             self.heartbeat.stop()
             self.port.close()
             self.slot.release()

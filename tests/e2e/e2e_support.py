@@ -387,28 +387,64 @@ def process_alive(pid: int) -> bool:
 def processes_of(execution_id: str) -> list[int]:
     """Host pids of an execution's processes, whatever PID namespace they run in: the
     pids a job prints are its sandbox's (bubblewrap), but its environment names its
-    output folder, which is named after the execution."""
+    output folder, which is named after the execution (a cold start), or is a warm
+    interpreter's folder that the execution's folder name links to (a warm start)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and process_alive(int(entry.name)):
             try:
-                if execution_id.encode() in (entry / "environ").read_bytes():
+                if _is_of(execution_id, (entry / "environ").read_bytes()):
                     found.append(int(entry.name))
             except OSError:
                 continue
     return found
 
 
+def _is_of(execution_id: str, environ: bytes) -> bool:
+    if execution_id.encode() in environ:
+        return True
+    for variable in environ.split(b"\0"):
+        if variable.startswith(b"OUTPUT_DIR=") and b"/warm-" in variable:
+            # runtime/box/supervisor.py: <work>/<execution>-<n>-warm -> warm-<random>
+            folder = Path(variable[len(b"OUTPUT_DIR="):].decode(errors="replace")).parent
+            for alias in folder.parent.glob(f"{execution_id}-*-warm"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(alias) == folder.name:
+                        return True
+    return False
+
+
+def is_ready_warm_interpreter(pid: int) -> bool:
+    """Whether ``pid`` is a warm interpreter no attempt has taken yet (runtime/box/warm.py):
+    spawned ahead, under a job uid of its own, it has run no job code. Its output folder
+    exists and no execution's folder name links to it."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    for variable in environ.split(b"\0"):
+        if variable.startswith(b"OUTPUT_DIR=") and b"/warm-" in variable:
+            folder = Path(variable[len(b"OUTPUT_DIR="):].decode(errors="replace")).parent
+            if not folder.is_dir():
+                return False  # its attempt is over: a leftover, not a ready box
+            for alias in folder.parent.glob("*-warm"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(alias) == folder.name:
+                        return False
+            return True
+    return False
+
+
 def kill_orphan(pid: int, marker: str) -> None:
     """SIGKILL a job process left behind by a killed server, if it is still the one we mean.
 
-    ``marker`` (the execution id) must appear in the process's environment: its output
-    folder is named after the execution, so a recycled pid is never hit.
+    ``marker`` (the execution id) must be named by the process's environment (processes_of),
+    so a recycled pid is never hit.
     """
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return
-    if marker.encode() in environ:
+    if _is_of(marker, environ):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

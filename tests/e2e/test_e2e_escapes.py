@@ -40,6 +40,7 @@ from e2e_support import (
     ServerProcess,
     deploy_job,
     invoke,
+    is_ready_warm_interpreter,
     lines_of,
     path_without,
     processes_of,
@@ -372,6 +373,7 @@ def level(server: ServerProcess) -> str:
 
 
 def job_uid_processes() -> list[int]:
+    """Processes of the job uids, but for the ready warm interpreters (no job code)."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -380,7 +382,8 @@ def job_uid_processes() -> list[int]:
                 state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except (OSError, IndexError):
                 continue
-            if UID_BASE <= uid < UID_BASE + UID_COUNT and state != "Z":
+            if UID_BASE <= uid < UID_BASE + UID_COUNT and state != "Z" \
+                    and not is_ready_warm_interpreter(int(name)):
                 found.append(int(name))
     return found
 

@@ -1,9 +1,15 @@
-"""The sandbox against real processes: escape attempts, resource limits, both levels.
+"""The sandbox against real processes: escape attempts, resource limits, both levels,
+each through cold and warm starts.
 
 Each level runs inside a real ``Server`` (app.py's composition: a real data folder
 with its SQLite file, secret key and operator token), whose supervisor runs the jobs.
 bubblewrap tests skip (with the reason) where bwrap cannot run; the rlimits level
 needs root to switch uids and an interpreter that uid can run.
+
+Every test runs four times: at each level, on a server without warm starts (each attempt
+spawned after its claim) and on one with them, where ``run`` first makes the attempt's
+key hot, waits for a warm interpreter and checks that the attempt got one. The same
+probes must find the same results: a warm box is the cold path's, byte for byte.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ MEMORY_LIMIT = 256 * 1024 ** 2
 PROCESS_LIMIT = 64
 FILE_LIMIT = 1024 ** 2
 DISK_LIMIT = 8 * 1024 ** 2
+# This module's servers while they live, whose warm interpreters job_uid_processes ignores.
+LIVE_SERVERS: list[Server] = []
 
 
 def zipped(main_py: str) -> bytes:
@@ -69,6 +77,15 @@ def attempt(main_py: str, deadline: float = 20.0, execution_id: str | None = Non
 
 
 def run(server: Server, claimed: ClaimedAttempt) -> tuple[AttemptResult, list[LogRecord]]:
+    warm = server.supervisor.warm
+    if warm is not None:
+        # Make the key hot and wait for its interpreter: this attempt must start warm.
+        key = server.supervisor.warm_key(claimed)
+        warm.note_start(key)
+        deadline = time.monotonic() + 10
+        while warm.ready_count(key) == 0:
+            assert time.monotonic() < deadline, f"no warm interpreter: {warm.stats()}"
+            time.sleep(0.01)
     stored: list[LogRecord] = []
 
     def writer(batch: list[LogRecord], first: int, used: int, truncated: bool) -> bool:
@@ -78,6 +95,8 @@ def run(server: Server, claimed: ClaimedAttempt) -> tuple[AttemptResult, list[Lo
     result = server.supervisor.run(claimed, writer)
     assert result.logs is not None
     stored.extend(result.logs.records)
+    started_warm = any("(warm start" in record.message for record in stored)
+    assert started_warm is (warm is not None), [record.message for record in stored[:4]]
     return result, stored
 
 
@@ -86,7 +105,21 @@ def stdout(logs: list[LogRecord]) -> list[str]:
 
 
 def job_uid_processes() -> list[int]:
-    """Processes running under any uid of the test servers' range."""
+    """Processes running under any uid of the test servers' range, but for the ready warm
+    interpreters of this module's servers (spawned ahead of attempts to come, under uids of
+    their own): asked a few times, as a box spawned during the scan joins its pool just
+    after it."""
+    for _ in range(20):
+        found = set(_job_uid_processes())
+        for server in LIVE_SERVERS:
+            found -= server.supervisor.warm_pids()
+        if not found:
+            return []
+        time.sleep(0.1)
+    return sorted(found)
+
+
+def _job_uid_processes() -> list[int]:
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -113,7 +146,7 @@ def forget_runtime_folder(server: Server) -> None:
         shutil.rmtree(placement.runtime_dir, ignore_errors=True)
 
 
-def _server(base: Path, mode: str, python: str | None) -> Server:
+def _server(base: Path, mode: str, python: str | None, warm: bool = False) -> Server:
     # A real data folder: 0700, a migrated SQLite file, the secret key and the token.
     settings = Settings(data_dir=base / "data", workers=1, sandbox=mode,  # type: ignore[arg-type]
                         python=python, job_memory_bytes=MEMORY_LIMIT,
@@ -122,30 +155,32 @@ def _server(base: Path, mode: str, python: str | None) -> Server:
                         job_max_disk_bytes=DISK_LIMIT,
                         # The network guard has its own tests (test_network_guard.py);
                         # here the shared network stays usable, and no table is left.
-                        job_network="open")
-    return Server(settings)
+                        job_network="open", warm_pool_size=4 if warm else 0)
+    server = Server(settings)
+    LIVE_SERVERS.append(server)
+    return server
 
 
-@pytest.fixture(scope="module")
-def bubblewrap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _bubblewrap_server(base: Path, warm: bool) -> Iterator[Server]:
     if shutil.which("bwrap") is None:
         pytest.skip("bwrap is not installed (Debian package bubblewrap)")
     try:
-        server = _server(tmp_path_factory.mktemp("bwrap"), "bubblewrap", None)
+        server = _server(base, "bubblewrap", None, warm)
     except SandboxUnavailable as exc:
         pytest.skip(f"bubblewrap cannot run here: {exc.message}")
     yield server
+    server.supervisor.close()
+    LIVE_SERVERS.remove(server)
     server.db.dispose()
 
 
-@pytest.fixture(scope="module")
-def rlimits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _rlimits_server(base: Path, warm: bool) -> Iterator[Server]:
     if os.geteuid() != 0:
         pytest.skip("the rlimits level switches to a job uid only when the server runs as root")
     # The data folder under pytest's 0700 temp root and the default interpreter (a pyenv
     # build under a 0700 /root on the project's machine): the server finds its way around
     # both (a runtime folder of its own, a system interpreter), or runs no job at all.
-    server = _server(tmp_path_factory.mktemp("rlimits"), "none", None)
+    server = _server(base, "none", None, warm)
     try:
         sandbox = server.supervisor.sandbox
         if not sandbox.runs_jobs and system_python() is None:
@@ -153,11 +188,33 @@ def rlimits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         assert sandbox.per_attempt_uid, (sandbox.description, sandbox.report)
         yield server
     finally:
+        server.supervisor.close()
+        LIVE_SERVERS.remove(server)
         server.db.dispose()
         forget_runtime_folder(server)
 
 
-@pytest.fixture(params=["bubblewrap", "rlimits"])
+@pytest.fixture(scope="module")
+def bubblewrap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _bubblewrap_server(tmp_path_factory.mktemp("bwrap"), warm=False)
+
+
+@pytest.fixture(scope="module")
+def bubblewrap_warm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _bubblewrap_server(tmp_path_factory.mktemp("bwrap-warm"), warm=True)
+
+
+@pytest.fixture(scope="module")
+def rlimits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _rlimits_server(tmp_path_factory.mktemp("rlimits"), warm=False)
+
+
+@pytest.fixture(scope="module")
+def rlimits_warm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _rlimits_server(tmp_path_factory.mktemp("rlimits-warm"), warm=True)
+
+
+@pytest.fixture(params=["bubblewrap", "bubblewrap_warm", "rlimits", "rlimits_warm"])
 def server(request: pytest.FixtureRequest) -> Server:
     chosen: Server = request.getfixturevalue(f"{request.param}_server")
     return chosen

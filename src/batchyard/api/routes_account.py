@@ -121,7 +121,7 @@ def audit_trail(actor: CurrentActor, platform: PlatformDep, job_id: str | None =
 def health(request: Request, platform: PlatformDep) -> schemas.Health:
     """Open to anyone (a readiness probe); with the operator token it adds the sandbox's
     details: whether jobs run here, and if not, why and what to change."""
-    sandbox = roles = live = None
+    sandbox = roles = live = warm = None
     if is_operator(request):
         sandbox = schemas.SandboxHealth(**request.app.state.sandbox_report)
         server = request.app.state.server
@@ -131,8 +131,15 @@ def health(request: Request, platform: PlatformDep) -> schemas.Health:
                                    version=n.version, started_at=n.started_at,
                                    heartbeat_at=n.heartbeat_at)
                 for n in nodes.live_nodes(platform, server.live_nodes_within())]
+        stats = server.supervisor.warm_stats() if "worker" in server.roles else None
+        if stats is not None:
+            warm = schemas.WarmStartsHealth(
+                size=server.settings.warm_pool_size, ready=stats.ready, keys=stats.keys,
+                warm_starts=stats.hits, cold_starts=stats.misses, spawned=stats.spawned,
+                spawn_failures=stats.spawn_failures, retired=stats.retired,
+                bytes_per_process=stats.bytes_per_process)
     return schemas.Health(status="ok", version=__version__,
                           database="sqlite" if platform.db.is_sqlite else "postgresql",
                           isolation=request.app.state.isolation,
                           workers=request.app.state.workers, sandbox=sandbox, roles=roles,
-                          nodes=live)
+                          nodes=live, warm_starts=warm)

@@ -461,6 +461,20 @@ class SandboxHealth(BaseModel):
     job_uids: list[int] | None = None
 
 
+class WarmStartsHealth(BaseModel):
+    """This process's warm interpreters (runtime/box/warm.py), counted since it started."""
+
+    size: int  # at most this many ready at once (BATCHYARD_WARM_POOL_SIZE)
+    ready: int
+    keys: int  # requirements sets with a ready interpreter
+    warm_starts: int
+    cold_starts: int
+    spawned: int
+    spawn_failures: int
+    retired: int
+    bytes_per_process: int  # measured resident memory of one ready interpreter (0: not yet)
+
+
 class NodeHealth(BaseModel):
     id: str
     roles: list[str]
@@ -485,3 +499,5 @@ class Health(BaseModel):
     # and remote workers heard from within three heartbeats).
     roles: list[str] | None = None
     nodes: list[NodeHealth] | None = None
+    # Only with the operator token, on a process with the worker role and warm starts on.
+    warm_starts: WarmStartsHealth | None = None

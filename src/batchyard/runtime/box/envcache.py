@@ -174,6 +174,11 @@ class EnvCache:
         text = f"{LAYOUT}\n{self.interpreter_tag()}\n{normalised}"
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def is_built(self, normalised: str) -> bool:
+        """Whether the environment of ``normalised`` is installed now (a lease would not
+        build it; it may still be evicted before one is taken)."""
+        return (self.root / self.key_for(normalised) / MARKER).is_file()
+
     # --- leases ----------------------------------------------------------------------
     @contextlib.contextmanager
     def lease(self, normalised: str, on_output: Callable[[str], None],

@@ -278,6 +278,19 @@ class Confinement:
     bubblewrap: bool
     # The attempt's own uid when nothing else (a PID namespace) ends its leftovers.
     sweep_uid: int | None = None
+    # The attempt's own uid, whatever the level (None: the server's own).
+    owner: int | None = None
+
+    def hand_over(self, folder: Path) -> None:
+        """Give what this process wrote into ``folder`` (a warm start's code, extracted
+        after the child was spawned) to the attempt's uid, as confine() did for the rest."""
+        if self.owner is None:
+            return
+        for dirpath, _folders, filenames in os.walk(folder):
+            os.chown(dirpath, self.owner, self.owner, follow_symlinks=False)
+            for name in filenames:
+                os.chown(os.path.join(dirpath, name), self.owner, self.owner,
+                         follow_symlinks=False)
 
     def command(self, python: str, source: str, args: Sequence[str]) -> list[str]:
         if self.limits is None:
@@ -380,7 +393,7 @@ class Sandbox:
                 _chown_tree(workspace.root, identity.uid)
             yield Confinement(self._prefix(workspace, read_only), self._limits_arg, ids,
                               bool(self._bwrap), identity.uid if identity and not self._bwrap
-                              else None)
+                              else None, identity.uid if identity else None)
         finally:
             if identity is not None:
                 # Under bubblewrap the PID namespace died with the attempt; without it, a

@@ -51,7 +51,15 @@ from batchyard.runtime.box.resources import (
     with_report,
 )
 from batchyard.runtime.box.sandbox import Confinement, Sandbox, explain_failure
-from batchyard.runtime.box.workspace import SetupTimedOut, collect_outputs, create_workspace
+from batchyard.runtime.box.warm import WarmKey, WarmPool, WarmStats
+from batchyard.runtime.box.workspace import (
+    SetupTimedOut,
+    Workspace,
+    collect_outputs,
+    create_workspace,
+    extract_code,
+    new_workspace,
+)
 from batchyard.runtime.channel.dispatcher import Reply, RequestDispatcher, RequestHandler
 
 log = logging.getLogger("batchyard.supervisor")
@@ -121,12 +129,32 @@ class _Child:
     process: subprocess.Popen[bytes]
     # The channel: SDK records and requests in, replies out.
     channel: socket.socket
-    # Closed when the attempt is over: the job sees EOF and ends its group.
+    # Closed when the attempt is over: the job sees EOF and ends its group (-1: closed).
     liveness_write: int
-    started: float
+    # When it was handed its context (the deadline starts there), monotonic.
+    started: float = 0.0
     exit_code: int = 0
     runtime: float = 0.0
     usage: ResourceUsage | None = None
+
+    def close_liveness(self) -> None:
+        if self.liveness_write >= 0:
+            os.close(self.liveness_write)
+            self.liveness_write = -1
+
+
+@dataclass
+class _WarmBox:
+    """A child spawned ahead of its attempt (runtime/box/warm.py): its folders, its uid
+    (the confinement), its environment lease, all held in ``held`` until it is discarded."""
+
+    key: WarmKey
+    child: _Child
+    workspace: Workspace
+    confinement: Confinement
+    site_dirs: tuple[str, ...]
+    held: contextlib.ExitStack
+    born: float
 
 
 @dataclass
@@ -159,6 +187,44 @@ class Supervisor:
         # reach a newer attempt of the same execution running on this node.
         self._running: dict[tuple[str, int], _Stops] = {}
         self._lock = threading.Lock()
+        # Warm starts (runtime/box/warm.py): off until enable_warm_starts.
+        self.warm: WarmPool[_WarmBox] | None = None
+
+    def enable_warm_starts(self, size: int, per_key: int, idle_seconds: float,
+                           max_bytes: int) -> None:
+        """Keep up to ``size`` interpreters spawned ahead of their attempts, for the keys
+        in demand; nothing where jobs do not run (fail closed: no box is ever built)."""
+        if size <= 0 or not self.sandbox.runs_jobs:
+            return
+        self.warm = WarmPool(self._spawn_warm, self._discard_warm,
+                             lambda box: box.child.process.poll() is None, size, per_key,
+                             idle_seconds, max_bytes, measure=self._measure_warm,
+                             pid=lambda box: box.child.process.pid)
+
+    def close(self) -> None:
+        """Retire the warm interpreters (running attempts are the pool's to stop)."""
+        if self.warm is not None:
+            self.warm.close()
+
+    def warm_stats(self) -> WarmStats | None:
+        return self.warm.stats() if self.warm is not None else None
+
+    def warm_key(self, attempt: ClaimedAttempt) -> WarmKey:
+        """The key an attempt's warm process must have been built for."""
+        try:
+            return WarmKey(normalise_requirements(attempt.requirements or ""))
+        except InvalidCode:
+            return WarmKey("\0unusable")  # never built: such an attempt fails cold
+
+    def warm_pids(self) -> set[int]:
+        """Host pids of the ready warm processes and their descendants (bwrap's child)."""
+        if self.warm is None:
+            return set()
+        table = process_table(max_age=0)
+        found: set[int] = set()
+        for pid in self.warm.ready_pids():
+            found |= {pid} | table.descendants(pid)
+        return found
 
     def stop(self, execution_id: str, reason: AttemptOutcome, detail: str,
              number: int | None = None) -> bool:
@@ -209,6 +275,9 @@ class Supervisor:
         if ended is not None:
             held.close()
             return replace(ended, logs=sink.close())
+        box = self._take_warm(attempt, site_dirs)
+        if box is not None:
+            return self._run_warm(attempt, box, sink, held, stops)
         # Setup is bounded on its own (dependency installs above have their own timeout).
         setup_started = time.monotonic()
         try:
@@ -223,8 +292,9 @@ class Supervisor:
         try:
             # Sandbox: the attempt's uid is claimed for the child's lifetime only.
             with self.sandbox.confine(workspace, [Path(d) for d in site_dirs]) as confinement:
-                result = self._run_child(attempt, workspace.code, workspace.output,
-                                         workspace.tmp, sink, confinement, stops, site_dirs)
+                child = self._spawn(workspace, confinement, site_dirs)
+                result = self._run_child(attempt, child, workspace, sink, confinement, stops,
+                                         site_dirs)
         except BaseException:
             sink.close()
             raise
@@ -232,6 +302,111 @@ class Supervisor:
             workspace.remove()
             held.close()
         return replace(result, logs=sink.close())
+
+    # --- warm starts (runtime/box/warm.py) ------------------------------------------------
+    def _take_warm(self, attempt: ClaimedAttempt, site_dirs: tuple[str, ...]) -> \
+            _WarmBox | None:
+        if self.warm is None:
+            return None
+        box = self.warm.take(self.warm_key(attempt))
+        if box is not None and box.site_dirs != site_dirs:
+            # Built for the same requirements but another folder (an environment evicted
+            # and installed again since): never a mismatched box.
+            self._discard_warm(box)
+            return None
+        return box
+
+    def _run_warm(self, attempt: ClaimedAttempt, box: _WarmBox, sink: LogSink,
+                  held: contextlib.ExitStack, stops: _Stops) -> AttemptResult:
+        """The attempt in a box spawned ahead: its code extracted into the box's folders and
+        handed to its uid, then the context sent; the box is discarded after, whatever
+        happened (never a second attempt)."""
+        setup_started = time.monotonic()
+        workspace = box.workspace
+        # The execution's folder by its name, as a cold start names it (the e-mail
+        # handler finds the output folder so, and so does an operator).
+        alias = self.work_root / f"{attempt.execution_id}-{attempt.number}-warm"
+        try:
+            try:
+                extract_code(workspace, attempt.code,
+                             deadline=setup_started + self.limits.setup_timeout_seconds)
+                box.confinement.hand_over(workspace.code)
+                with contextlib.suppress(FileExistsError):
+                    alias.symlink_to(workspace.root.name)
+            except (BatchyardError, SetupTimedOut, OSError) as exc:
+                return self._setup_failed(attempt, sink, exc)
+            sink.add("log", f"batchyard: code ready in {time.monotonic() - setup_started:.2f}"
+                     f" s (warm start: the interpreter was spawned "
+                     f"{setup_started - box.born:.1f} s ahead)", "info")
+            try:
+                result = self._run_child(attempt, box.child, workspace, sink,
+                                         box.confinement, stops, box.site_dirs)
+            except BaseException:
+                sink.close()
+                raise
+            return replace(result, logs=sink.close())
+        finally:
+            with contextlib.suppress(OSError):
+                alias.unlink()
+            self._discard_warm(box)
+            held.close()
+
+    def _spawn_warm(self, key: WarmKey) -> _WarmBox:
+        """What the cold path spawns for an attempt of ``key``, before the attempt: the
+        same folders, uid, command line and environment (the warm pool's thread)."""
+        held = contextlib.ExitStack()
+        try:
+            site_dirs: tuple[str, ...] = ()
+            if key.requirements:
+                if self.environments is None or not self.environments.is_built(
+                        key.requirements):
+                    raise OSError("its requirements environment is not installed")
+                environment = held.enter_context(
+                    self.environments.lease(key.requirements, lambda line: None))
+                site_dirs = (str(environment.path),)
+            workspace = new_workspace(self.work_root, "warm")
+            held.callback(workspace.remove)
+            confinement = held.enter_context(
+                self.sandbox.confine(workspace, [Path(d) for d in site_dirs]))
+            child = self._spawn(workspace, confinement, site_dirs)
+        except BaseException:
+            held.close()
+            raise
+        return _WarmBox(key, child, workspace, confinement, site_dirs, held, time.monotonic())
+
+    def _discard_warm(self, box: _WarmBox) -> None:
+        """End a warm process (ready or after its attempt) and free what it held."""
+        child = box.child
+        # Its boot kills its own group when the liveness pipe closes; the kills below
+        # are for a box whose boot has not reached that point yet.
+        child.close_liveness()
+        if child.process.poll() is None:
+            kill_group_now(child.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=5)
+        for stream in (child.process.stdin, child.process.stdout, child.process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        child.channel.close()
+        # The uid (after its leftovers are killed), the folders, the environment lease.
+        box.held.close()
+
+    @staticmethod
+    def _measure_warm(box: _WarmBox) -> int:
+        """Resident bytes of a ready box's processes (bwrap and the interpreter)."""
+        table = process_table(max_age=0)
+        total = 0
+        for pid in {box.child.process.pid} | table.descendants(box.child.process.pid):
+            with contextlib.suppress(OSError, ValueError, IndexError), \
+                    open(f"/proc/{pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        return total
 
     def _environment(self, attempt: ClaimedAttempt, sink: LogSink, held: contextlib.ExitStack,
                      stops: _Stops) -> tuple[tuple[str, ...], AttemptResult | None]:
@@ -313,11 +488,16 @@ class Supervisor:
                              f"{DEPENDENCY_INSTALL_FAILED}: {message}", self.clock(),
                              final_failure=DEPENDENCY_INSTALL_FAILED)
 
-    def _run_child(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
-                   tmp_dir: Path, sink: LogSink, confinement: Confinement, stops: _Stops,
+    def _run_child(self, attempt: ClaimedAttempt, child: _Child, workspace: Workspace,
+                   sink: LogSink, confinement: Confinement, stops: _Stops,
                    site_dirs: tuple[str, ...] = ()) -> AttemptResult:
-        """Launch the child, route what it says, watch it to its end, then report."""
-        child = self._launch(attempt, code_dir, output_dir, tmp_dir, confinement, site_dirs)
+        """Hand the spawned child its context, route what it says, watch it to its end,
+        then report."""
+        code_dir, output_dir, tmp_dir = workspace.code, workspace.output, workspace.tmp
+        # First of all: the child is blocked reading its context until this is written;
+        # the deadline starts here.
+        child.started = time.monotonic()
+        self._send_context(child.process, self._context(attempt, output_dir, site_dirs))
         errors: list[str] = []
         # The job's own figures at its end (the boot's usage record), to join the measured.
         reports: list[ResourceUsage] = []
@@ -343,14 +523,41 @@ class Supervisor:
                              cpu_seconds=usage.cpu_seconds if usage else None,
                              peak_memory_bytes=usage.peak_memory_bytes if usage else None)
 
-    def _launch(self, attempt: ClaimedAttempt, code_dir: Path, output_dir: Path,
-                tmp_dir: Path, confinement: Confinement, site_dirs: tuple[str, ...]) -> _Child:
-        """Spawn the confined child and hand it its context; the deadline starts here."""
+    def _spawn(self, workspace: Workspace, confinement: Confinement,
+               site_dirs: tuple[str, ...]) -> _Child:
+        """Spawn the confined child, which blocks reading its context (_send_context). The
+        command line and environment depend on the folders and the level only, never on
+        the attempt: a warm start spawns exactly this ahead of its attempt."""
         parent_end, child_end = socket.socketpair()
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_dir),
-               "TMPDIR": str(tmp_dir), "LANG": "C.UTF-8", "TZ": "UTC",
-               "OUTPUT_DIR": str(output_dir), **confinement.environment}
-        context = {
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workspace.tmp),
+               "TMPDIR": str(workspace.tmp), "LANG": "C.UTF-8", "TZ": "UTC",
+               "OUTPUT_DIR": str(workspace.output), **confinement.environment}
+        # The job holds the read end; only this process holds the write end, so the
+        # job sees EOF (and kills its group) the moment this server dies.
+        liveness_read, liveness_write = os.pipe()
+        try:
+            # Sandbox: bwrap (or nothing) around the interpreter, the limits prelude before
+            # the boot command.
+            process = subprocess.Popen(
+                confinement.command(self.python, BOOT_COMMAND, [
+                    str(self.sandbox.jobpath), "--channel-fd", str(child_end.fileno()),
+                    "--liveness-fd", str(liveness_read)]),
+                cwd=workspace.code, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, pass_fds=(child_end.fileno(), liveness_read),
+                start_new_session=True, close_fds=True)
+        except BaseException:
+            os.close(liveness_write)
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+            os.close(liveness_read)
+        return _Child(process, parent_end, liveness_write)
+
+    @staticmethod
+    def _context(attempt: ClaimedAttempt, output_dir: Path,
+                 site_dirs: tuple[str, ...]) -> dict[str, Any]:
+        context: dict[str, Any] = {
             "event": {
                 "body": attempt.params.get("body", {}),
                 "query_string_parameters": attempt.params.get("query_string_parameters", {}),
@@ -364,30 +571,7 @@ class Supervisor:
         if site_dirs:
             # Dependencies: the boot adds them with site.addsitedir before importing main.py.
             context["site_dirs"] = list(site_dirs)
-        # The job holds the read end; only this process holds the write end, so the
-        # job sees EOF (and kills its group) the moment this server dies.
-        liveness_read, liveness_write = os.pipe()
-        started = time.monotonic()
-        try:
-            # Sandbox: bwrap (or nothing) around the interpreter, the limits prelude before
-            # the boot command.
-            process = subprocess.Popen(
-                confinement.command(self.python, BOOT_COMMAND, [
-                    str(self.sandbox.jobpath), "--channel-fd", str(child_end.fileno()),
-                    "--liveness-fd", str(liveness_read)]),
-                cwd=code_dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=(child_end.fileno(), liveness_read),
-                start_new_session=True, close_fds=True)
-        except BaseException:
-            os.close(liveness_write)
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
-            os.close(liveness_read)
-        # First of all: the child is blocked reading its context until this is written.
-        self._send_context(process, context)
-        return _Child(process, parent_end, liveness_write, started)
+        return context
 
     def _route(self, attempt: ClaimedAttempt, sink: LogSink, errors: list[str],
                reports: list[ResourceUsage], channel: socket.socket) -> tuple[RequestDispatcher,
@@ -472,7 +656,7 @@ class Supervisor:
             child.exit_code = confinement.exit_status(status)
         finally:
             timer.cancel()
-            os.close(child.liveness_write)
+            child.close_liveness()
             stops.detach()
             child.usage = meter.finish(waited)
         child.runtime = time.monotonic() - child.started

@@ -37,16 +37,27 @@ def create_workspace(base: Path, execution_id: str, attempt: int, code: bytes,
     ``deadline`` (``time.monotonic()``) bounds the extraction; past it ``SetupTimedOut``
     is raised and the folder is removed.
     """
-    root = base / f"{execution_id}-{attempt}-{secrets.token_hex(4)}"
-    workspace = Workspace(root, root / "code", root / "output", root / "tmp")
-    for folder in (workspace.code, workspace.output, workspace.tmp):
-        folder.mkdir(parents=True, mode=0o700)
+    workspace = new_workspace(base, f"{execution_id}-{attempt}")
     try:
-        _extract(code, workspace.code, deadline)
+        extract_code(workspace, code, deadline)
     except BaseException:
         workspace.remove()
         raise
     return workspace
+
+
+def new_workspace(base: Path, prefix: str) -> Workspace:
+    """Empty code, output and tmp folders in ``base/<prefix>-<random>``."""
+    root = base / f"{prefix}-{secrets.token_hex(4)}"
+    workspace = Workspace(root, root / "code", root / "output", root / "tmp")
+    for folder in (workspace.code, workspace.output, workspace.tmp):
+        folder.mkdir(parents=True, mode=0o700)
+    return workspace
+
+
+def extract_code(workspace: Workspace, code: bytes, deadline: float | None = None) -> None:
+    """Extract the code into the workspace's (empty) code folder; see create_workspace."""
+    _extract(code, workspace.code, deadline)
 
 
 def _extract(code: bytes, into: Path, deadline: float | None) -> None:
