@@ -10,10 +10,11 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from batchyard import __version__
 from batchyard.api.deps import api_key_valid
@@ -55,8 +56,10 @@ from batchyard.services.invoke_batcher import InvocationBatcher
 from batchyard.services.metrics import PROCESS, StoreCollector
 from batchyard.services.secrets import SecretBox
 from batchyard.store.db import Database
-from batchyard.store.wakeups import QueueWakeups
 from batchyard.web.console import install_console
+
+if TYPE_CHECKING:
+    from batchyard.store.wakeups import QueueWakeups
 
 log = logging.getLogger("batchyard")
 
@@ -215,8 +218,12 @@ class Server:
         # Remote workers' claims waiting in this process (api/routes_worker.py).
         self.claim_waiters = ClaimWaiters()
         # On PostgreSQL, work queued here wakes the other processes' workers too.
-        self.wakeups = None if self.db.is_sqlite else QueueWakeups(
-            self.db.url, self._work_queued_elsewhere)
+        self.wakeups: QueueWakeups | None = None
+        if not self.db.is_sqlite:
+            # Imported here: psycopg costs a server on SQLite ~20 MiB it never uses.
+            from batchyard.store.wakeups import QueueWakeups
+
+            self.wakeups = QueueWakeups(self.db.url, self._work_queued_elsewhere)
         self.platform.on_queued = self._work_queued_here
         self.platform.on_cancel = self.pool.cancel
         self.delivery = DeliveryLoop(
@@ -268,6 +275,9 @@ class Server:
             log.warning("recovered %d execution(s) interrupted by the last shutdown", swept)
         if self.settings.metrics_port:
             # No token on this one: it listens on loopback only.
+            # Imported here: its http.server costs a server without the port ~3 MiB.
+            from prometheus_client import start_http_server
+
             self.metrics_server = start_http_server(self.settings.metrics_port, "127.0.0.1",
                                                     self.metrics)[0]
         self.node_heartbeat.start()

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from argon2 import PasswordHasher
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
@@ -23,13 +22,13 @@ from batchyard.services import audit
 from batchyard.services.context import Actor, Platform
 from batchyard.services.databases import driver_url
 from batchyard.services.ids import new_id
+from batchyard.services.passwords import hash_password
 from batchyard.store import scoped
 from batchyard.store.models import Account, ApiKey, User
 
 OPERATOR = "operator"
 KEY_PREFIX = "byk_"
 _LAST_USED_PRECISION = timedelta(seconds=60)
-_hasher = PasswordHasher()
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def create_user(platform: Platform, account_id: str, data: dict[str, Any]) -> tu
             raise Conflict(f"A user with e-mail {email} already exists.")
         user = User(id=new_id("usr"), account_id=account_id, email=email.lower(),
                     role=role.value, created_at=now,
-                    password_hash=_hasher.hash(password) if password else None)
+                    password_hash=hash_password(password) if password else None)
         session.add(user)
         session.flush()
         new = _new_key(session, user, "initial", now)

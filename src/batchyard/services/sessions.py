@@ -12,8 +12,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -21,6 +19,7 @@ from batchyard.domain.roles import Role
 from batchyard.errors import InvalidInput, LimitExceeded, NotAuthenticated, NotFound
 from batchyard.services import audit
 from batchyard.services.context import Actor, Platform
+from batchyard.services.passwords import dummy_hash, hash_password, verify_password
 from batchyard.store import scoped
 from batchyard.store.models import Account, Invite, SignInFailure, User, WebSession
 
@@ -31,10 +30,6 @@ MAX_FAILURES = 10
 # last_seen_at is written at most this often, so reading pages does not write every time.
 _SEEN_PRECISION = timedelta(seconds=60)
 MIN_PASSWORD = 8
-_hasher = PasswordHasher()
-# Verifying against this when the e-mail is unknown takes as long as a real check, so the
-# answer's timing does not tell which addresses have accounts.
-_DUMMY_HASH = _hasher.hash("not-a-real-password-" + secrets.token_hex(8))
 
 
 class TooManySignIns(LimitExceeded):
@@ -107,7 +102,7 @@ def accept_invite(platform: Platform, token: str, password: object,
             raise NotFound("This invite link is unknown, used or expired; ask for a new one.")
         invite.used_at = now
         user = session.get_one(User, invite.user_id)
-        user.password_hash = _hasher.hash(password)
+        user.password_hash = hash_password(password)
         audit.record(session, account_id=user.account_id, actor=user.email, at=now,
                      action="user.password_set", target=user.id)
         return _open(session, user, now, client)
@@ -120,7 +115,7 @@ def change_password(platform: Platform, actor: Actor, current: object, new: obje
         user = scoped.user(session, actor.account_id, actor.user_id)
         if user.password_hash is not None and not _verify(user.password_hash, current):
             raise InvalidInput("The current password is not right.", field="current_password")
-        user.password_hash = _hasher.hash(new_password)
+        user.password_hash = hash_password(new_password)
         # Every other session of this person ends: a changed password locks out a thief.
         session.execute(delete(WebSession).where(WebSession.user_id == user.id))
         audit.record_by(session, actor, now, "user.password_change", user.id)
@@ -129,10 +124,7 @@ def change_password(platform: Platform, actor: Actor, current: object, new: obje
 def _verify(password_hash: str, password: object) -> bool:
     if not isinstance(password, str):
         return False
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
+    return verify_password(password_hash, password)
 
 
 def _failures(session: Session, key: str, now: datetime) -> tuple[int, datetime | None]:
@@ -154,7 +146,7 @@ def sign_in(platform: Platform, email: object, password: object, client: str) ->
             if count >= MAX_FAILURES and latest is not None:
                 _refuse(latest, now)
         user = session.scalars(select(User).where(User.email == address)).first()
-        good = _verify(user.password_hash if user and user.password_hash else _DUMMY_HASH,
+        good = _verify(user.password_hash if user and user.password_hash else dummy_hash(),
                        password) and user is not None and user.password_hash is not None
         if good and user is not None:
             session.execute(delete(SignInFailure).where(SignInFailure.key == keys[0]))

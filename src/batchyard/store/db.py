@@ -8,6 +8,7 @@ transactions stay ``DEFERRED`` so that they do not queue behind writers.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -15,12 +16,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_REVISION = re.compile(r"""^(down_)?revision\s*(?::[^=]*)?=\s*['"]?([^'"\s]+)['"]?""", re.M)
+
+
+def head_revision() -> str | None:
+    """The newest migration's id, read from the migration files as alembic reads them
+    (the one no other names as its ``down_revision``); None if there is not exactly one."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for down, value in _REVISION.findall(path.read_text()):
+            (parents if down else revisions).add(value)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
 
 
 class Database:
@@ -73,13 +85,28 @@ class Database:
         return (database_now - (before + (after - before) / 2)).total_seconds()
 
     def migrate(self) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        """Bring the schema to the newest migration. A store already there is not given
+        to alembic at all: importing it (and mako) costs an idle server ~11 MiB for good."""
+        if self.revision() != head_revision():
+            from alembic import command
+            from alembic.config import Config
+
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
         if self.is_sqlite:
             self._use_incremental_vacuum()
+
+    def revision(self) -> str | None:
+        """The store's migration (alembic's version table), None before the first."""
+        with self.engine.connect() as connection:
+            try:
+                rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+            except Exception:  # no table yet: a new store
+                return None
+        return str(rows[0][0]) if len(rows) == 1 else None
 
     def _use_incremental_vacuum(self) -> None:
         """Retention: freed pages go back to the file system (SPEC §3, issue 13).

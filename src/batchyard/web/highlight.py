@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from markupsafe import Markup
-from pygments import highlight as pygments_highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import PythonLexer
+import functools
+from typing import TYPE_CHECKING
 
-_FORMATTER = HtmlFormatter(cssclass="code", linenos="table", wrapcode=True)
+from markupsafe import Markup
+
+if TYPE_CHECKING:
+    from pygments.formatters import HtmlFormatter
+
+
+@functools.cache
+def _formatter() -> HtmlFormatter[str]:
+    # Made at the first page that shows code: an idle server does not load Pygments.
+    from pygments.formatters import HtmlFormatter
+
+    return HtmlFormatter(cssclass="code", linenos="table", wrapcode=True)
 
 
 def highlight(source: str) -> Markup:
+    from pygments import highlight as pygments_highlight
+    from pygments.lexers import PythonLexer
+
     # Pygments escapes the source text itself; its output is safe markup.
-    return Markup(pygments_highlight(source, PythonLexer(), _FORMATTER))
+    return Markup(pygments_highlight(source, PythonLexer(), _formatter()))
 
 
 def stylesheet() -> str:
-    return str(_FORMATTER.get_style_defs(".code"))  # type: ignore[no-untyped-call]
+    return str(_formatter().get_style_defs(".code"))  # type: ignore[no-untyped-call]

@@ -30,7 +30,8 @@ import typing
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-import httpcore
+if typing.TYPE_CHECKING:
+    import httpcore
 
 from batchyard import __version__
 from batchyard.runtime.outbound.smtp import DeliveryFailure
@@ -105,39 +106,47 @@ def _shut_down(fd: int) -> None:
         sock.detach()
 
 
-class _PinnedBackend(httpcore.NetworkBackend):
-    """Connects to the checked addresses, whatever host the request names."""
+@functools.cache
+def _pinned_backend() -> Callable[[list[str], _Deadline], httpcore.NetworkBackend]:
+    """The backend class, made at the first call: importing httpcore costs every server
+    ~4.7 MiB, and most never call a webhook."""
+    import httpcore
 
-    def __init__(self, addresses: list[str], deadline: _Deadline) -> None:
-        self._addresses = addresses
-        self._deadline = deadline
-        self._backend = httpcore.SyncBackend()
+    class _PinnedBackend(httpcore.NetworkBackend):
+        """Connects to the checked addresses, whatever host the request names."""
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-                    ) -> httpcore.NetworkStream:
-        failure: Exception = httpcore.ConnectError(f"no address for {host}")
-        for address in self._addresses:
-            left = self._deadline.left()
-            try:
-                stream = self._backend.connect_tcp(
-                    address, port, timeout=min(timeout or left, left) or 0.001,
-                    local_address=local_address, socket_options=socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-                continue
-            self._deadline.watch(stream.get_extra_info("socket"))
-            return stream
-        raise failure
+        def __init__(self, addresses: list[str], deadline: _Deadline) -> None:
+            self._addresses = addresses
+            self._deadline = deadline
+            self._backend = httpcore.SyncBackend()
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None
-                            = None) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("webhooks are called over TCP only")
+        def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                        local_address: str | None = None,
+                        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+                        ) -> httpcore.NetworkStream:
+            failure: Exception = httpcore.ConnectError(f"no address for {host}")
+            for address in self._addresses:
+                left = self._deadline.left()
+                try:
+                    stream = self._backend.connect_tcp(
+                        address, port, timeout=min(timeout or left, left) or 0.001,
+                        local_address=local_address, socket_options=socket_options)
+                except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                    failure = exc
+                    continue
+                self._deadline.watch(stream.get_extra_info("socket"))
+                return stream
+            raise failure
 
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+        def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None
+                                = None) -> httpcore.NetworkStream:
+            raise httpcore.ConnectError("webhooks are called over TCP only")
+
+        def sleep(self, seconds: float) -> None:
+            time.sleep(seconds)
+
+    return _PinnedBackend
 
 
 @functools.cache
@@ -203,11 +212,13 @@ class WebhookPoster:
         request_headers = [("Host", netloc), ("User-Agent", f"batchyard/{__version__}"),
                            ("Content-Type", "application/json"), *headers.items()]
         timeout = self.timeout_seconds
+        import httpcore
+
         try:
             with httpcore.ConnectionPool(
                     ssl_context=self._ssl_context or _default_ssl_context(),
                     max_connections=1, retries=0,
-                    network_backend=_PinnedBackend(addresses, deadline)) as pool, \
+                    network_backend=_pinned_backend()(addresses, deadline)) as pool, \
                     pool.stream("POST", url, headers=request_headers, content=body,
                                 extensions={"timeout": {"connect": timeout, "read": timeout,
                                                         "write": timeout, "pool": timeout}},
