@@ -33,6 +33,9 @@ from typing import Generic, TypeVar
 log = logging.getLogger("batchyard.warm")
 
 BURST_SECONDS = 10.0
+# After a take, the refill waits this long: a box spawned at once would compete for the
+# CPU with the attempt that just took one, in the milliseconds its main() starts.
+SETTLE_SECONDS = 0.03
 # A spawn that failed is not tried again for this long (the cold path serves meanwhile).
 RETRY_SECONDS = 5.0
 # What one warm process is assumed to hold before one was measured (a bare boot under
@@ -100,6 +103,7 @@ class WarmPool(Generic[T]):
         self._closed = False
         self._thread: threading.Thread | None = None
         self._bytes_per_process = 0
+        self._last_take = 0.0
         self._hits = self._misses = self._spawned = self._failures = self._retired = 0
 
     # --- the attempt's side ------------------------------------------------------------
@@ -113,6 +117,7 @@ class WarmPool(Generic[T]):
                 return None
             books = self._books.setdefault(key, _KeyBooks())
             books.starts.append(self._clock())
+            self._last_take = time.monotonic()
             while books.ready and found is None:
                 held = books.ready.popleft()
                 if self._alive(held.process):
@@ -183,6 +188,9 @@ class WarmPool(Generic[T]):
             with self._lock:
                 if self._closed:
                     return
+                settle = self._last_take + SETTLE_SECONDS - time.monotonic()
+            if settle > 0:
+                time.sleep(settle)
             try:
                 spawned_one = self.refill_once()
             except Exception:  # the loop must outlive any one failure: cold starts go on
