@@ -12,7 +12,8 @@
 - fairness: account B's one invocation behind account A's 5,000 queued: time to start.
 
 BENCH_SCALE_EXECUTIONS (default 1000) sets N; BENCH_FAIRNESS_QUEUED (default 5000) A's
-backlog. Needs root (the cluster is made as the postgres user). The chaos run at 2,000
+backlog; BENCH_SCALE_WORKERS (default 1,2,4) the worker counts; BENCH_WARM_POOL_SIZE the
+workers' warm pools (default: theirs, 4). Needs root (the cluster is made as the postgres user). The chaos run at 2,000
 executions: BATCHYARD_CHAOS_EXECUTIONS=2000 pytest -m chaos -s tests/e2e/test_e2e_chaos.py
 """
 
@@ -63,6 +64,8 @@ def fleet(root: Path, workers: int, capacity: int, remote: bool = False) -> Iter
     token = "bench-" + secrets.token_hex(8)
     env = {"BATCHYARD_DATABASE_URL": cluster.url(), "BATCHYARD_OPERATOR_TOKEN": token,
            "BATCHYARD_SECRET_KEY": Fernet.generate_key().decode()}
+    if "BENCH_WARM_POOL_SIZE" in os.environ:  # e.g. 0: the workers start every job cold
+        env["BATCHYARD_WARM_POOL_SIZE"] = os.environ["BENCH_WARM_POOL_SIZE"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     api = FleetProcess("api", root / "api", ["serve", "--role", "api,scheduler", "--port",
