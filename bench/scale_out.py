@@ -13,8 +13,9 @@
 
 BENCH_SCALE_EXECUTIONS (default 1000) sets N; BENCH_FAIRNESS_QUEUED (default 5000) A's
 backlog; BENCH_SCALE_WORKERS (default 1,2,4) the worker counts; BENCH_WARM_POOL_SIZE the
-workers' warm pools (default: theirs, 4). Needs root (the cluster is made as the postgres user). The chaos run at 2,000
-executions: BATCHYARD_CHAOS_EXECUTIONS=2000 pytest -m chaos -s tests/e2e/test_e2e_chaos.py
+workers' warm pools (default: theirs, 4). Needs root (the cluster is made as the postgres
+user). The chaos run at 2,000 executions:
+BATCHYARD_CHAOS_EXECUTIONS=2000 pytest -m chaos -s tests/e2e/test_e2e_chaos.py
 """
 
 from __future__ import annotations

@@ -405,9 +405,9 @@ def _is_of(execution_id: str, environ: bytes) -> bool:
         return True
     for variable in environ.split(b"\0"):
         if variable.startswith(b"OUTPUT_DIR=") and b"/warm-" in variable:
-            # runtime/box/supervisor.py: <work>/<execution>-<n>-warm -> warm-<random>
+            # runtime/box/supervisor.py: <work>/<execution>-<n>-warm-<random> -> warm-<random>
             folder = Path(variable[len(b"OUTPUT_DIR="):].decode(errors="replace")).parent
-            for alias in folder.parent.glob(f"{execution_id}-*-warm"):
+            for alias in folder.parent.glob(f"{execution_id}-*-warm-*"):
                 with contextlib.suppress(OSError):
                     if os.readlink(alias) == folder.name:
                         return True
@@ -427,7 +427,7 @@ def is_ready_warm_interpreter(pid: int) -> bool:
             folder = Path(variable[len(b"OUTPUT_DIR="):].decode(errors="replace")).parent
             if not folder.is_dir():
                 return False  # its attempt is over: a leftover, not a ready box
-            for alias in folder.parent.glob("*-warm"):
+            for alias in folder.parent.glob("*-warm-*"):
                 with contextlib.suppress(OSError):
                     if os.readlink(alias) == folder.name:
                         return False

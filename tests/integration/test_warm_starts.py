@@ -182,7 +182,12 @@ def test_the_pool_is_emptied_when_its_key_goes_cold_and_when_closed(
         wait_ready(server, key)
         pids = server.supervisor.warm_pids()
         server.supervisor.close()
-        assert not [pid for pid in pids if alive(pid)]
+        # The boxes' inner processes (bwrap's child, the interpreter in its PID
+        # namespace) follow their outer bwrap within moments.
+        deadline = time.monotonic() + 3
+        while [pid for pid in pids if alive(pid)]:
+            assert time.monotonic() < deadline, [pid for pid in pids if alive(pid)]
+            time.sleep(0.02)
         assert not list(server.supervisor.work_root.glob("warm-*"))
     finally:
         server.supervisor.close()
@@ -198,5 +203,66 @@ def test_a_server_with_warm_starts_off_spawns_nothing_ahead(tmp_path: Path) -> N
         assert result.outcome is AttemptOutcome.SUCCEEDED
         assert not started_warm(logs)
         assert not list(server.supervisor.work_root.glob("warm-*"))
+    finally:
+        server.db.dispose()
+
+
+def _acting_on_take(server: Server, act: Callable[[object], None]) -> None:
+    """After each take, ``act`` on the box taken (before its code is extracted)."""
+    warm = server.supervisor.warm
+    assert warm is not None
+    real_take: Callable[..., object] = warm.take
+
+    def take(key: WarmKey) -> object:
+        box = real_take(key)
+        if box is not None:
+            act(box)
+        return box
+
+    warm.take = take  # type: ignore[method-assign]
+
+
+def test_a_box_killed_after_it_was_taken_is_not_used_the_attempt_starts_cold(
+        server: Server) -> None:
+    def kill(box: object) -> None:
+        process = box.child.process  # type: ignore[attr-defined]
+        os.killpg(process.pid, 9)
+        process.wait(timeout=5)
+
+    _acting_on_take(server, kill)
+    try:
+        claimed = claimed_attempt(REPORTS)
+        wait_ready(server, server.supervisor.warm_key(claimed))
+        result, logs = run_attempt(server.supervisor, claimed)
+        assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
+        assert not started_warm(logs)
+        assert stdout(logs)[0].startswith("uid ")
+    finally:
+        del server.supervisor.warm.take  # type: ignore[union-attr]
+
+
+def test_a_stop_during_setup_ends_the_attempt_before_main_runs(server: Server) -> None:
+    claimed = claimed_attempt(REPORTS)
+
+    def cancel(box: object) -> None:
+        assert server.supervisor.stop(claimed.execution_id, AttemptOutcome.CANCELLED,
+                                      "cancelled during setup")
+
+    _acting_on_take(server, cancel)
+    try:
+        wait_ready(server, server.supervisor.warm_key(claimed))
+        result, logs = run_attempt(server.supervisor, claimed)
+        assert result.outcome is AttemptOutcome.CANCELLED, (result.error, logs)
+        assert result.error == "cancelled during setup"
+        assert stdout(logs) == []  # main() never ran
+    finally:
+        del server.supervisor.warm.take  # type: ignore[union-attr]
+
+
+def test_no_warm_starts_where_jobs_run_unconfined(tmp_path: Path) -> None:
+    server = Server(Settings(data_dir=tmp_path / "data", workers=1, sandbox="off",
+                             job_network="open", warm_pool_size=4))
+    try:
+        assert server.supervisor.warm is None
     finally:
         server.db.dispose()

@@ -162,3 +162,25 @@ def test_close_discards_every_ready_box_and_later_takes_start_cold() -> None:
     assert pool.take(PLAIN) is None
     assert pool.refill_once() is False
     assert len(books.boxes) == spawned and pool.ready_count() == 0
+
+
+def test_a_box_that_dies_as_it_starts_backs_off_instead_of_respawning_at_once() -> None:
+    books = Books()
+    pool = books.pool(per_key=1)
+    pool.take(PLAIN)
+    assert pool.refill_once() is True
+    books.boxes[0].alive = False  # its boot could not start
+    assert pool.refill_once() is False  # retired, counted as a failure, not respawned
+    assert len(books.boxes) == 1 and books.boxes[0].discarded
+    assert pool.stats().spawn_failures == 1
+    books.now += RETRY_SECONDS
+    assert pool.refill_once() is True
+
+
+def test_recent_starts_kept_per_key_are_bounded() -> None:
+    books = Books()
+    pool = books.pool(per_key=3)
+    for _ in range(10_000):
+        pool.take(PLAIN)
+    fill(pool)
+    assert pool.ready_count(PLAIN) == 3

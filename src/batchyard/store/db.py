@@ -87,7 +87,8 @@ class Database:
     def migrate(self) -> None:
         """Bring the schema to the newest migration. A store already there is not given
         to alembic at all: importing it (and mako) costs an idle server ~11 MiB for good."""
-        if self.revision() != head_revision():
+        head = head_revision()
+        if head is None or self.revision() != head:  # None: not one head read, ask alembic
             from alembic import command
             from alembic.config import Config
 

@@ -174,11 +174,6 @@ class EnvCache:
         text = f"{LAYOUT}\n{self.interpreter_tag()}\n{normalised}"
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def is_built(self, normalised: str) -> bool:
-        """Whether the environment of ``normalised`` is installed now (a lease would not
-        build it; it may still be evicted before one is taken)."""
-        return (self.root / self.key_for(normalised) / MARKER).is_file()
-
     # --- leases ----------------------------------------------------------------------
     @contextlib.contextmanager
     def lease(self, normalised: str, on_output: Callable[[str], None],
@@ -210,6 +205,27 @@ class EnvCache:
             if built:
                 self.evict(keep=key)
             yield Environment(key, final, built, time.monotonic() - started)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def lease_built(self, normalised: str) -> Iterator[Environment]:
+        """A lease on the environment of ``normalised`` only if it is installed now; never
+        a build, never a wait (a warm start's box, built off any attempt's path). Raise
+        ``OSError`` when it is not there or is being built or evicted."""
+        key = self.key_for(normalised)
+        final = self.root / key
+        fd = os.open(self._locks / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise OSError("its requirements environment is being built or evicted") \
+                    from exc
+            if not (final / MARKER).is_file():
+                raise OSError("its requirements environment is not installed")
+            os.utime(fd)
+            yield Environment(key, final, False, 0.0)
         finally:
             os.close(fd)
 

@@ -50,7 +50,12 @@ from batchyard.runtime.box.resources import (
     wait_with_usage,
     with_report,
 )
-from batchyard.runtime.box.sandbox import Confinement, Sandbox, explain_failure
+from batchyard.runtime.box.sandbox import (
+    Confinement,
+    IsolationLevel,
+    Sandbox,
+    explain_failure,
+)
 from batchyard.runtime.box.warm import WarmKey, WarmPool, WarmStats
 from batchyard.runtime.box.workspace import (
     SetupTimedOut,
@@ -120,6 +125,10 @@ class _Stops:
     def detach(self) -> None:
         with self._lock:
             self._current = None
+
+    def pending(self) -> bool:
+        with self._lock:
+            return self._pending is not None
 
 
 @dataclass
@@ -194,7 +203,10 @@ class Supervisor:
                            max_bytes: int) -> None:
         """Keep up to ``size`` interpreters spawned ahead of their attempts, for the keys
         in demand; nothing where jobs do not run (fail closed: no box is ever built)."""
-        if size <= 0 or not self.sandbox.runs_jobs:
+        # Not where jobs run unconfined: there every job shares the server's uid, and a
+        # ready box's folders would be a standing target for the job running beside it.
+        if size <= 0 or self.sandbox.level in (IsolationLevel.UNAVAILABLE,
+                                               IsolationLevel.UNCONFINED):
             return
         self.warm = WarmPool(self._spawn_warm, self._discard_warm,
                              lambda box: box.child.process.poll() is None, size, per_key,
@@ -275,9 +287,15 @@ class Supervisor:
         if ended is not None:
             held.close()
             return replace(ended, logs=sink.close())
-        box = self._take_warm(attempt, site_dirs)
+        try:
+            box = self._take_warm(attempt, site_dirs)
+        except Exception:  # never an attempt lost to the pool: it starts cold
+            log.exception("warm pool: taking a warm interpreter failed; starting cold")
+            box = None
         if box is not None:
-            return self._run_warm(attempt, box, sink, held, stops)
+            result = self._run_warm(attempt, box, sink, held, stops)
+            if result is not None:
+                return result
         # Setup is bounded on its own (dependency installs above have their own timeout).
         setup_started = time.monotonic()
         try:
@@ -317,24 +335,33 @@ class Supervisor:
         return box
 
     def _run_warm(self, attempt: ClaimedAttempt, box: _WarmBox, sink: LogSink,
-                  held: contextlib.ExitStack, stops: _Stops) -> AttemptResult:
+                  held: contextlib.ExitStack, stops: _Stops) -> AttemptResult | None:
         """The attempt in a box spawned ahead: its code extracted into the box's folders and
         handed to its uid, then the context sent; the box is discarded after, whatever
-        happened (never a second attempt)."""
+        happened (never a second attempt). None: the box died before the context was
+        sent (killed from outside): the attempt is not started there, but cold."""
         setup_started = time.monotonic()
         workspace = box.workspace
         # The execution's folder by its name, as a cold start names it (the e-mail
         # handler finds the output folder so, and so does an operator).
-        alias = self.work_root / f"{attempt.execution_id}-{attempt.number}-warm"
+        alias = self.work_root / (f"{attempt.execution_id}-{attempt.number}-warm-"
+                                  f"{workspace.root.name.removeprefix('warm-')}")
+        cold = False  # the box died first: the attempt goes on cold, with its lease on held
         try:
             try:
                 extract_code(workspace, attempt.code,
                              deadline=setup_started + self.limits.setup_timeout_seconds)
                 box.confinement.hand_over(workspace.code)
-                with contextlib.suppress(FileExistsError):
-                    alias.symlink_to(workspace.root.name)
+                alias.symlink_to(workspace.root.name)
             except (BatchyardError, SetupTimedOut, OSError) as exc:
+                held.close()
                 return self._setup_failed(attempt, sink, exc)
+            if box.child.process.poll() is not None:
+                log.warning("attempt %s/%d: its warm interpreter had ended (exit status %s); "
+                            "starting it cold", attempt.execution_id, attempt.number,
+                            box.child.process.returncode)
+                cold = True
+                return None
             sink.add("log", f"batchyard: code ready in {time.monotonic() - setup_started:.2f}"
                      f" s (warm start: the interpreter was spawned "
                      f"{setup_started - box.born:.1f} s ahead)", "info")
@@ -348,8 +375,13 @@ class Supervisor:
         finally:
             with contextlib.suppress(OSError):
                 alias.unlink()
-            self._discard_warm(box)
-            held.close()
+            try:
+                self._discard_warm(box)
+            except Exception:  # the attempt's end stands; what is left is the sweep's
+                log.exception("attempt %s/%d: discarding its warm interpreter failed",
+                              attempt.execution_id, attempt.number)
+            if not cold:
+                held.close()
 
     def _spawn_warm(self, key: WarmKey) -> _WarmBox:
         """What the cold path spawns for an attempt of ``key``, before the attempt: the
@@ -358,11 +390,11 @@ class Supervisor:
         try:
             site_dirs: tuple[str, ...] = ()
             if key.requirements:
-                if self.environments is None or not self.environments.is_built(
-                        key.requirements):
-                    raise OSError("its requirements environment is not installed")
+                if self.environments is None:
+                    raise OSError("this worker has no environment cache")
+                # Never an install here: only an environment installed now is leased.
                 environment = held.enter_context(
-                    self.environments.lease(key.requirements, lambda line: None))
+                    self.environments.lease_built(key.requirements))
                 site_dirs = (str(environment.path),)
             workspace = new_workspace(self.work_root, "warm")
             held.callback(workspace.remove)
@@ -495,9 +527,11 @@ class Supervisor:
         then report."""
         code_dir, output_dir, tmp_dir = workspace.code, workspace.output, workspace.tmp
         # First of all: the child is blocked reading its context until this is written;
-        # the deadline starts here.
+        # the deadline starts here. A stop that came during setup: main() never runs (the
+        # watch below applies the stop at once and kills the waiting child).
         child.started = time.monotonic()
-        self._send_context(child.process, self._context(attempt, output_dir, site_dirs))
+        if not stops.pending():
+            self._send_context(child.process, self._context(attempt, output_dir, site_dirs))
         errors: list[str] = []
         # The job's own figures at its end (the boot's usage record), to join the measured.
         reports: list[ResourceUsage] = []

@@ -38,6 +38,8 @@ BURST_SECONDS = 10.0
 SETTLE_SECONDS = 0.03
 # A spawn that failed is not tried again for this long (the cold path serves meanwhile).
 RETRY_SECONDS = 5.0
+# A box found dead this soon after its spawn counts as a failed spawn.
+BORN_DEAD_SECONDS = 5.0
 # What one warm process is assumed to hold before one was measured (a bare boot under
 # bubblewrap: ~12-16 MiB resident).
 ASSUMED_BYTES = 16 * 1024 ** 2
@@ -61,10 +63,14 @@ class _Held(Generic[T]):
 
 @dataclass
 class _KeyBooks(Generic[T]):
+    # The latest starts of this key's attempts (warm or cold), newest last: no more are
+    # needed than a key may hold boxes (its target is how many fall in the burst window).
+    starts: deque[float]
     ready: deque[_Held[T]] = field(default_factory=deque)
-    # Starts of this key's attempts (warm or cold), newest last.
-    starts: deque[float] = field(default_factory=deque)
     failed_at: float = -1e18
+
+    def note(self, at: float) -> None:
+        self.starts.append(at)
 
 
 @dataclass(frozen=True)
@@ -115,8 +121,8 @@ class WarmPool(Generic[T]):
         with self._lock:
             if self._closed:
                 return None
-            books = self._books.setdefault(key, _KeyBooks())
-            books.starts.append(self._clock())
+            books = self._key_books(key)
+            books.note(self._clock())
             self._last_take = time.monotonic()
             while books.ready and found is None:
                 held = books.ready.popleft()
@@ -131,15 +137,28 @@ class WarmPool(Generic[T]):
             self._start_thread()
         self._wake.set()
         for process in dead:  # off the lock; a box that died waiting (killed, OOM)
-            self._discard(process)
+            self._discard_quietly(process)
         return found
+
+    def _key_books(self, key: WarmKey) -> _KeyBooks[T]:
+        books = self._books.get(key)
+        if books is None:
+            books = self._books[key] = _KeyBooks(deque(maxlen=max(1, self.per_key)))
+        return books
+
+    def _discard_quietly(self, process: T) -> None:
+        """Discard one box; a failure is logged, never stops the others' discards."""
+        try:
+            self._discard(process)
+        except Exception:
+            log.exception("warm pool: could not discard a warm interpreter")
 
     def note_start(self, key: WarmKey) -> None:
         """Count a start of ``key`` without taking a process (a test's warm-up)."""
         with self._lock:
             if self._closed:
                 return
-            self._books.setdefault(key, _KeyBooks()).starts.append(self._clock())
+            self._key_books(key).note(self._clock())
             self._start_thread()
         self._wake.set()
 
@@ -170,17 +189,22 @@ class WarmPool(Generic[T]):
             held = [h.process for books in self._books.values() for h in books.ready]
             self._books.clear()
         self._wake.set()
-        if thread is not None:
+        if thread is not None and thread.is_alive():
             thread.join(timeout=30)
         for process in held:
-            self._discard(process)
+            self._discard_quietly(process)
 
     # --- the refill thread ---------------------------------------------------------------
     def _start_thread(self) -> None:
         if self._thread is None and self.size > 0 and self._background:
-            self._thread = threading.Thread(target=self._refill_loop, name="warm-refill",
-                                            daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._refill_loop, name="warm-refill",
+                                      daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had now: this start is cold, the next tries
+                log.warning("warm pool: could not start its refill thread", exc_info=True)
+                return
+            self._thread = thread
 
     def _refill_loop(self) -> None:
         while True:
@@ -193,7 +217,10 @@ class WarmPool(Generic[T]):
                 time.sleep(settle)
             try:
                 spawned_one = self.refill_once()
-            except Exception:  # the loop must outlive any one failure: cold starts go on
+            except BaseException:
+                # The loop must outlive any one failure: cold starts go on, and under
+                # bubblewrap every box it spawned dies with it (--die-with-parent follows
+                # the spawning thread), attempts running in them included.
                 log.exception("warm pool: refill step failed")
                 spawned_one = False
             if not spawned_one:
@@ -203,10 +230,8 @@ class WarmPool(Generic[T]):
         """How many processes each key should hold now (under the lock)."""
         wanted: list[tuple[int, WarmKey]] = []
         for key, books in self._books.items():
-            while books.starts and books.starts[0] < now - self.idle_seconds:
-                books.starts.popleft()
-            if not books.starts:
-                continue
+            if not books.starts or books.starts[-1] < now - self.idle_seconds:
+                continue  # gone cold
             burst = sum(1 for at in books.starts if at >= now - BURST_SECONDS)
             wanted.append((min(self.per_key, max(1, burst)), key))
         budget = self.size
@@ -234,8 +259,11 @@ class WarmPool(Generic[T]):
                                 if now - h.born >= 1.0), None)
         if settled is not None and self._measure is not None:
             measured = self._measure(settled)
-            if measured > 0:  # 0: taken and gone meanwhile; the next pass measures another
-                with self._lock:
+            with self._lock:
+                # Only a box still ready now: one taken meanwhile holds a job's memory too.
+                still_ready = any(h.process is settled for b in self._books.values()
+                                  for h in b.ready)
+                if still_ready and measured > 0:
                     self._bytes_per_process = measured
         with self._lock:
             targets = self._targets(now)
@@ -243,20 +271,26 @@ class WarmPool(Generic[T]):
                 target = targets.get(key, 0)
                 kept: deque[_Held[T]] = deque()
                 for held in books.ready:
+                    alive = self._alive(held.process)
+                    if not alive and now - held.born < BORN_DEAD_SECONDS:
+                        # It died as it started (a limit its boot cannot start under):
+                        # back off as from a failed spawn, never respawn in a tight loop.
+                        books.failed_at = now
+                        self._failures += 1
                     if len(kept) >= target or now - held.born > self.max_age_seconds \
-                            or not self._alive(held.process):
+                            or not alive:
                         retire.append(held.process)
                     else:
                         kept.append(held)
                 books.ready = kept
-                if not books.starts and not books.ready:
+                if key not in targets and not books.ready:
                     del self._books[key]
                 elif spawn_for is None and len(kept) < target \
                         and now - books.failed_at >= RETRY_SECONDS:
                     spawn_for = key
             self._retired += len(retire)
         for process in retire:
-            self._discard(process)
+            self._discard_quietly(process)
         if spawn_for is None:
             return False
         try:
@@ -279,5 +313,5 @@ class WarmPool(Generic[T]):
                 refilled.ready.append(_Held(process, self._clock()))
                 self._spawned += 1
         if orphan:
-            self._discard(process)
+            self._discard_quietly(process)
         return True
