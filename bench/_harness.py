@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -125,3 +126,39 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
     return ordered[index]
+
+
+def invoke_concurrently(url: str, headers: httpx.Headers, job_id: str, count: int,
+                        clients: int) -> list[str]:
+    """``count`` invocations of ``job_id`` from ``clients`` threads, each with its own
+    connection; the execution ids, in no particular order."""
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def invoke_some(how_many: int) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as own:
+            for _ in range(how_many):
+                answer = own.post(f"/api/v1/jobs/{job_id}/invoke", json={})
+                answer.raise_for_status()
+                with lock:
+                    ids.append(answer.json()["execution_id"])
+
+    threads = [threading.Thread(target=invoke_some, args=(count // clients,))
+               for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ids
+
+
+def wait_all_succeeded(client: httpx.Client, job_id: str, ids: list[str]) -> None:
+    """Claims go oldest first: wait for the last one invoked, then count them all once a
+    poll (a listing on every poll would cost the server more than the jobs do)."""
+    wait_finished(client, max(ids), timeout=300, poll=0.05)
+    while True:
+        done = client.get("/api/v1/executions", params={
+            "job_id": job_id, "status": "succeeded", "limit": 500}).json()["items"]
+        if len(done) >= len(ids):
+            return
+        time.sleep(0.05)

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,10 +41,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _harness import (
     admin_client,
     free_port,
+    invoke_concurrently,
     percentile,
     published_job,
     running_server,
-    wait_finished,
+    wait_all_succeeded,
 )
 
 from batchyard.app import job_python
@@ -222,33 +222,9 @@ def batchyard_latency(server_url: str, client: httpx.Client, job_id: str) -> lis
 
 
 def batchyard_throughput(server_url: str, client: httpx.Client, job_id: str) -> float:
-    ids: list[str] = []
-    lock = threading.Lock()
-
-    def invoke_some(count: int) -> None:
-        with httpx.Client(base_url=server_url, headers=client.headers, timeout=30) as own:
-            for _ in range(count):
-                answer = own.post(f"/api/v1/jobs/{job_id}/invoke", json={})
-                answer.raise_for_status()
-                with lock:
-                    ids.append(answer.json()["execution_id"])
-
     started = time.monotonic()
-    threads = [threading.Thread(target=invoke_some, args=(THROUGHPUT_RUNS // CLIENTS,))
-               for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    # Claims go oldest first: wait for the last one invoked, then count them all (a
-    # listing on every poll would cost the server more than the jobs do).
-    wait_finished(client, max(ids), timeout=300, poll=0.02)
-    while True:
-        done = client.get("/api/v1/executions", params={
-            "job_id": job_id, "status": "succeeded", "limit": 500}).json()["items"]
-        if len(done) >= len(ids):
-            break
-        time.sleep(0.02)
+    ids = invoke_concurrently(server_url, client.headers, job_id, THROUGHPUT_RUNS, CLIENTS)
+    wait_all_succeeded(client, job_id, ids)
     return len(ids) / (time.monotonic() - started)
 
 

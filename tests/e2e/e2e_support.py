@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from support.processes import process_alive
+
 OPERATOR_TOKEN = "e2e-operator-token-5f0c2b"
 READY_TIMEOUT = 20.0
 STOP_GRACE = 10.0
@@ -375,15 +377,6 @@ def lines_of(logs: list[dict[str, Any]], stream: str) -> list[str]:
 
 
 # --- processes -------------------------------------------------------------------------
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (state Z) or a missing /proc entry counts as dead."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_line.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def processes_of(execution_id: str) -> list[int]:
     """Host pids of an execution's processes, whatever PID namespace they run in: the
     pids a job prints are its sandbox's (bubblewrap), but its environment names its

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -20,7 +19,7 @@ from batchyard.config import Settings
 from batchyard.domain.attempts import ClaimedAttempt
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.box.sandbox import SandboxUnavailable
-from support.attempts import claimed_attempt, run_attempt
+from support.attempts import claimed_attempt, run_attempt, wait_for_warm
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -116,17 +115,6 @@ def test_a_second_attempt_uses_the_cached_environment(server: Server) -> None:
     assert any("requirements: cached environment" in m for m in messages), messages
 
 
-def _wait_warm(server: Server, claimed: ClaimedAttempt) -> None:
-    warm = server.supervisor.warm
-    assert warm is not None, "warm starts are on by default"
-    key = server.supervisor.warm_key(claimed)
-    warm.note_start(key)
-    deadline = time.monotonic() + 20
-    while warm.ready_count(key) == 0:
-        assert time.monotonic() < deadline, f"no warm interpreter: {warm.stats()}"
-        time.sleep(0.02)
-
-
 def _outcome(server: Server, claimed: ClaimedAttempt) -> tuple[bool, str]:
     result, logs = run_attempt(server.supervisor, claimed)
     assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
@@ -138,15 +126,15 @@ def test_warm_starts_once_hot_and_a_change_of_requirements_never_reaches_an_old_
         server: Server) -> None:
     old, new = "six==1.16.0\n", "six==1.17.0\n"
     run_attempt(server.supervisor, attempt(old))  # installed, or found cached
-    _wait_warm(server, attempt(old))
+    wait_for_warm(server.supervisor, attempt(old))
     assert _outcome(server, attempt(old)) == (True, "six 1.16.0")
     warm = server.supervisor.warm
     assert warm is not None
-    _wait_warm(server, attempt(old))
+    wait_for_warm(server.supervisor, attempt(old))
     # The job's requirements change: the old key's boxes are ready, and not used.
     old_key = server.supervisor.warm_key(attempt(old))
     assert warm.ready_count(old_key) >= 1
     assert _outcome(server, attempt(new)) == (False, "six 1.17.0")
-    _wait_warm(server, attempt(new))
+    wait_for_warm(server.supervisor, attempt(new))
     assert _outcome(server, attempt(new)) == (True, "six 1.17.0")
     assert _outcome(server, attempt(old)) == (True, "six 1.16.0")

@@ -43,6 +43,7 @@ from batchyard.runtime.box.sandbox import (
     explain_failure,
 )
 from batchyard.runtime.box.sandbox_setup import detect_sandbox
+from support.attempts import wait_for_warm
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,14 +79,8 @@ def attempt(main_py: str, deadline: float = 20.0, execution_id: str | None = Non
 
 def run(server: Server, claimed: ClaimedAttempt) -> tuple[AttemptResult, list[LogRecord]]:
     warm = server.supervisor.warm
-    if warm is not None:
-        # Make the key hot and wait for its interpreter: this attempt must start warm.
-        key = server.supervisor.warm_key(claimed)
-        warm.note_start(key)
-        deadline = time.monotonic() + 10
-        while warm.ready_count(key) == 0:
-            assert time.monotonic() < deadline, f"no warm interpreter: {warm.stats()}"
-            time.sleep(0.01)
+    if warm is not None:  # this attempt must start warm
+        wait_for_warm(server.supervisor, claimed)
     stored: list[LogRecord] = []
 
     def writer(batch: list[LogRecord], first: int, used: int, truncated: bool) -> bool:

@@ -14,6 +14,7 @@ from batchyard.app import job_python
 from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
+from support.processes import process_alive
 
 
 def zipped(main_py: str) -> bytes:
@@ -55,14 +56,6 @@ def run(supervisor: Supervisor, claimed: ClaimedAttempt) -> tuple[AttemptResult,
     return result, stored
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_endless_output_is_capped_and_the_job_still_finishes(supervisor: Supervisor) -> None:
     result, logs = run(supervisor, attempt(
         "import sys\ndef main():\n    for i in range(200000):\n"
@@ -86,7 +79,7 @@ def main():
 """, deadline=1.5))
     assert result.outcome is AttemptOutcome.TIMED_OUT
     assert 1.5 <= result.runtime_seconds < 3.5
-    assert not alive(int(marker.read_text()))
+    assert not process_alive(int(marker.read_text()))
 
 
 def test_background_helpers_in_the_group_die_when_main_returns(
@@ -101,10 +94,10 @@ def main():
     assert result.outcome is AttemptOutcome.SUCCEEDED
     pid = int(marker.read_text())
     for _ in range(50):
-        if not alive(pid):
+        if not process_alive(pid):
             break
         os.sched_yield()
-    assert not alive(pid)
+    assert not process_alive(pid)
 
 
 def test_outputs_keep_regular_files_within_the_caps(supervisor: Supervisor) -> None:

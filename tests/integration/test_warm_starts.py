@@ -25,6 +25,7 @@ from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.box.sandbox import SandboxUnavailable
 from batchyard.runtime.box.warm import WarmKey
 from support.attempts import claimed_attempt, run_attempt
+from support.processes import process_alive as alive
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -70,6 +71,8 @@ def server(request: pytest.FixtureRequest,
 
 
 def wait_ready(server: Server, key: WarmKey, timeout: float = 10) -> None:
+    """A warm interpreter of ``key`` ready (any attempt of the key: the pool's keys are
+    its requirements)."""
     warm = server.supervisor.warm
     assert warm is not None
     warm.note_start(key)
@@ -85,14 +88,6 @@ def started_warm(logs: list[LogRecord]) -> bool:
 
 def stdout(logs: list[LogRecord]) -> list[str]:
     return [record.message for record in logs if record.stream == "stdout"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def watch_takes(server: Server) -> list[tuple[int, Path]]:

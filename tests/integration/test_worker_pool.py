@@ -19,14 +19,7 @@ from batchyard.services import executions, invoke
 from batchyard.services.context import Actor, Platform
 from batchyard.store.db import Database
 from batchyard.store.models import Account, Job
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+from support.processes import process_alive
 
 
 def _wait(condition: Callable[[], bool], seconds: float) -> bool:
@@ -65,10 +58,10 @@ def test_a_worker_that_cannot_renew_its_lease_kills_its_own_attempt(
     try:
         assert _wait(lambda: pid_file.exists() and pid_file.read_text() != "", 20)
         pid = int(pid_file.read_text())
-        assert _alive(pid)
+        assert process_alive(pid)
         blocker.execute("BEGIN IMMEDIATE")
         blocked = time.monotonic()
-        assert _wait(lambda: not _alive(pid), 10), "the child outlived the lease"
+        assert _wait(lambda: not process_alive(pid), 10), "the child outlived the lease"
         # Killed once the lease could be taken, not at the first failed renewal.
         assert time.monotonic() - blocked >= timing.lease_seconds - 2 * timing.heartbeat_seconds
         blocker.rollback()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import secrets
+import time
 import zipfile
 from typing import Protocol
 
 from batchyard.domain.attempts import AttemptResult, ClaimedAttempt, LogRecord
 from batchyard.runtime.box.logsink import LogWriter
+from batchyard.runtime.box.supervisor import Supervisor
 
 
 def claimed_attempt(main_py: str, *, requirements: str | None = None,
@@ -45,3 +47,17 @@ def run_attempt(supervisor: Runs, claimed: ClaimedAttempt
     assert result.logs is not None
     stored.extend(result.logs.records)
     return result, stored
+
+
+def wait_for_warm(supervisor: Supervisor, claimed: ClaimedAttempt,
+                  timeout: float = 10) -> None:
+    """Make ``claimed``'s key hot and wait until a warm interpreter of it is ready: the
+    attempt run next starts warm."""
+    warm = supervisor.warm
+    assert warm is not None, "warm starts are off"
+    key = supervisor.warm_key(claimed)
+    warm.note_start(key)
+    deadline = time.monotonic() + timeout
+    while warm.ready_count(key) == 0:
+        assert time.monotonic() < deadline, f"no warm interpreter: {warm.stats()}"
+        time.sleep(0.01)

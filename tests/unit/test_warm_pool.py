@@ -184,3 +184,16 @@ def test_recent_starts_kept_per_key_are_bounded() -> None:
         pool.take(PLAIN)
     fill(pool)
     assert pool.ready_count(PLAIN) == 3
+
+
+def test_a_busy_key_never_starves_a_new_one() -> None:
+    books = Books()
+    pool = books.pool(size=4, per_key=4)
+    for _ in range(50):
+        pool.take(PLAIN)
+    fill(pool)
+    assert pool.ready_count(PLAIN) == 4
+    pool.take(WITH_SIX)  # a new key: the pool is full of the busy one's boxes
+    fill(pool)
+    assert pool.ready_count(WITH_SIX) == 1
+    assert pool.ready_count(PLAIN) == 3

@@ -14,8 +14,9 @@ spawning and the killing are the supervisor's (``spawn`` and ``discard``).
 
 Sizing: a key is *hot* while an attempt of it started in the last ``idle_seconds``; a
 hot key is given as many processes as its attempts in the last ``BURST_SECONDS`` (at
-least one, at most ``per_key``), hotter keys first, all keys together at most ``size``
-processes and ``max_bytes`` of measured resident memory. A key gone cold is emptied.
+least one, at most ``per_key``), all keys together at most ``size`` processes and
+``max_bytes`` of measured resident memory: first one for each hot key (hotter keys
+first), then the rest by demand. A key gone cold is emptied.
 A process older than ``max_age_seconds`` is replaced, so that a long-idle box does not
 keep a stale view (an environment cache that evicted its environment waits for it).
 """
@@ -238,10 +239,17 @@ class WarmPool(Generic[T]):
         if self.max_bytes:
             per = self._bytes_per_process or ASSUMED_BYTES
             budget = min(budget, self.max_bytes // per)
+        # One box for every hot key first (a busy key never starves a new one), hotter
+        # keys first; then the rest of the budget by demand.
+        order = sorted(wanted, key=lambda item: -item[0])
         targets: dict[WarmKey, int] = {}
-        for want, key in sorted(wanted, key=lambda item: -item[0]):
-            targets[key] = min(want, budget)
+        for _want, key in order:
+            targets[key] = 1 if budget > 0 else 0
             budget -= targets[key]
+        for want, key in order:
+            more = min(want - targets[key], budget) if targets[key] else 0
+            targets[key] += more
+            budget -= more
         return targets
 
     def refill_once(self) -> bool:
