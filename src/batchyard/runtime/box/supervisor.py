@@ -532,6 +532,8 @@ class Supervisor:
         child.started = time.monotonic()
         if not stops.pending():
             self._send_context(child.process, self._context(attempt, output_dir, site_dirs))
+        elif child.process.stdin is not None:
+            child.process.stdin.close()  # the child reads EOF: no context, no main()
         errors: list[str] = []
         # The job's own figures at its end (the boot's usage record), to join the measured.
         reports: list[ResourceUsage] = []
