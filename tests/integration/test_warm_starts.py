@@ -24,7 +24,7 @@ from batchyard.domain.attempts import AttemptResult, LogRecord
 from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.box.sandbox import SandboxUnavailable
 from batchyard.runtime.box.warm import WarmKey
-from support.attempts import claimed_attempt, run_attempt
+from support.attempts import claimed_attempt, run_attempt, wait_for_warm
 from support.processes import process_alive as alive
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,18 +70,6 @@ def server(request: pytest.FixtureRequest,
         shutil.rmtree(placement.runtime_dir, ignore_errors=True)
 
 
-def wait_ready(server: Server, key: WarmKey, timeout: float = 10) -> None:
-    """A warm interpreter of ``key`` ready (any attempt of the key: the pool's keys are
-    its requirements)."""
-    warm = server.supervisor.warm
-    assert warm is not None
-    warm.note_start(key)
-    deadline = time.monotonic() + timeout
-    while warm.ready_count(key) == 0:
-        assert time.monotonic() < deadline, f"no warm interpreter: {warm.stats()}"
-        time.sleep(0.01)
-
-
 def started_warm(logs: list[LogRecord]) -> bool:
     return any("(warm start" in record.message for record in logs)
 
@@ -114,7 +102,7 @@ def test_each_warm_interpreter_serves_one_attempt_and_is_gone_after(server: Serv
         results: list[tuple[AttemptResult, list[LogRecord]]] = []
         for _ in range(6):
             claimed = claimed_attempt(REPORTS)
-            wait_ready(server, server.supervisor.warm_key(claimed))
+            wait_for_warm(server.supervisor, claimed)
             ready_before = server.supervisor.warm_pids()
             results.append(run_attempt(server.supervisor, claimed))
             pid, folder = taken[-1]
@@ -144,7 +132,7 @@ def test_a_failed_setup_in_a_warm_box_ends_the_box_too(server: Server) -> None:
     taken = watch_takes(server)
     try:
         claimed = claimed_attempt(REPORTS)
-        wait_ready(server, server.supervisor.warm_key(claimed))
+        wait_for_warm(server.supervisor, claimed)
         broken = replace(claimed, code=b"PK\x03\x04 not a zip")
         result, _ = run_attempt(server.supervisor, broken)
         assert result.outcome is AttemptOutcome.FAILED
@@ -163,8 +151,8 @@ def test_the_pool_is_emptied_when_its_key_goes_cold_and_when_closed(
     try:
         warm = server.supervisor.warm
         assert warm is not None
-        key = WarmKey()
-        wait_ready(server, key)
+        plain = claimed_attempt(REPORTS)  # no requirements: the key WarmKey()
+        wait_for_warm(server.supervisor, plain)
         pids = server.supervisor.warm_pids()
         assert pids
         # Nothing started for a second: the key is cold, its boxes retired.
@@ -174,7 +162,7 @@ def test_the_pool_is_emptied_when_its_key_goes_cold_and_when_closed(
             time.sleep(0.05)
         assert warm.stats().retired >= 1
         # Hot again, then the supervisor closes (the server's stop): nothing left.
-        wait_ready(server, key)
+        wait_for_warm(server.supervisor, plain)
         pids = server.supervisor.warm_pids()
         server.supervisor.close()
         # The boxes' inner processes (bwrap's child, the interpreter in its PID
@@ -227,7 +215,7 @@ def test_a_box_killed_after_it_was_taken_is_not_used_the_attempt_starts_cold(
     _acting_on_take(server, kill)
     try:
         claimed = claimed_attempt(REPORTS)
-        wait_ready(server, server.supervisor.warm_key(claimed))
+        wait_for_warm(server.supervisor, claimed)
         result, logs = run_attempt(server.supervisor, claimed)
         assert result.outcome is AttemptOutcome.SUCCEEDED, (result.error, logs)
         assert not started_warm(logs)
@@ -245,7 +233,7 @@ def test_a_stop_during_setup_ends_the_attempt_before_main_runs(server: Server) -
 
     _acting_on_take(server, cancel)
     try:
-        wait_ready(server, server.supervisor.warm_key(claimed))
+        wait_for_warm(server.supervisor, claimed)
         result, logs = run_attempt(server.supervisor, claimed)
         assert result.outcome is AttemptOutcome.CANCELLED, (result.error, logs)
         assert result.error == "cancelled during setup"
