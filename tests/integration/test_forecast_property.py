@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
@@ -23,6 +23,7 @@ from batchyard.domain.admission import account_day
 from batchyard.domain.attempts import AttemptResult, ClaimedAttempt
 from batchyard.domain.clock import FixedClock
 from batchyard.domain.executions import AttemptOutcome
+from batchyard.domain.schedules import ScheduleGapTooSmall
 from batchyard.services import accounts, jobs, queue, scheduler
 from batchyard.services import forecast as forecast_service
 from batchyard.services.context import Platform
@@ -146,7 +147,14 @@ def test_the_upper_bound_forecast_agrees_fire_by_fire_with_real_admission(
             jobs.update_settings(platform, actor, job.id, {
                 "timeout_minutes": spec["timeout_minutes"], "retries": 0,
                 "concurrency": spec["concurrency"]})
-            jobs.set_schedule(platform, actor, job.id, spec["schedule"])
+            try:
+                jobs.set_schedule(platform, actor, job.id, spec["schedule"])
+            except ScheduleGapTooSmall:
+                # Hours 2 and 3 where the clocks spring forward within the window (Berlin,
+                # 2025-03-30): 02:01 does not exist and runs at 03:01, beside 03:01's own
+                # run, closer than the plan's 30 minutes. Refusing it is right (tests/unit/
+                # test_domain_schedules.py); such a scenario has no forecast to compare.
+                reject()
             jobs.publish(platform, actor, job.id)
 
         projected = forecast_service.account_forecast(platform, actor, scenario["days"])
