@@ -13,6 +13,18 @@ from batchyard.runtime.box.netguard import guard_installed, remove_network_guard
 from batchyard.runtime.box.sandbox import UID_COUNT
 from support.pgcluster import ClusterUnavailable, PostgresCluster
 
+TIERS = ("unit", "integration", "e2e", "ui")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, its folder under tests/, so that one tier runs
+    alone: ``./dev test -m unit`` (seconds), ``-m "not e2e and not ui"``."""
+    root = os.path.dirname(__file__)
+    for item in items:
+        tier = os.path.relpath(str(item.path), root).split(os.sep, 1)[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _default_network_guard_removed() -> Iterator[None]:

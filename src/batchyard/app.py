@@ -122,9 +122,10 @@ def sandbox_report(sandbox: Sandbox) -> dict[str, object]:
             "job_uids": list(sandbox.uid_range) if sandbox.uid_range else None}
 
 
-def build_supervisor(settings: Settings, data_dir: Path) -> Supervisor:
+def build_supervisor(settings: Settings, data_dir: Path, *, exclusive: bool) -> Supervisor:
     """The attempt box of a worker host (this server's or a remote worker's): the sandbox
-    decided, the network guard installed, the environment cache; no request handlers."""
+    decided, the network guard installed, the environment cache; no request handlers.
+    ``exclusive``: no other process serves this data folder (and so its work folder)."""
     # Children run with -B; compile the SDK once so their imports stay fast.
     compileall.compile_dir(str(JOBPATH), quiet=1)
     # Sandbox: decided once here (a probe run of the real command as a job uid).
@@ -143,6 +144,11 @@ def build_supervisor(settings: Settings, data_dir: Path) -> Supervisor:
         sandbox.add_note(guard.description)
         sandbox.network_guard = guard.table is not None
     _log_sandbox(sandbox)
+    # What a killed previous life left (its attempts are retried by sweep_lost, in folders
+    # of their own): one SIGKILL's folders per boot would fill the disk over months.
+    swept = sandbox.sweep_leftovers(work_root, exclusive=exclusive)
+    if swept:
+        log.info("removed %d attempt folders left in %s by an earlier run", swept, work_root)
     supervisor = Supervisor(python, work_root, RuntimeLimits(
         kill_grace_seconds=settings.kill_grace_seconds,
         log_cap_bytes=settings.log_cap_bytes, log_line_max_bytes=settings.log_line_max_bytes,
@@ -195,7 +201,8 @@ class Server:
             self.operator_token = _read_or_create(path, "byo_" + secrets.token_urlsafe(32))
         self.platform = Platform(db=self.db, clock=SystemClock(), secrets=box)
         _seal(data_dir)
-        self.supervisor = build_supervisor(self.settings, data_dir)
+        self.supervisor = build_supervisor(self.settings, data_dir,
+                                           exclusive=self.slot.exclusive)
         smtp = SmtpConfig.from_settings(self.settings)
         mailer = SmtpMailer(smtp) if smtp is not None else None
         if smtp is None:

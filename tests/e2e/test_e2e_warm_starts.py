@@ -2,7 +2,7 @@
 execution starts in a warm interpreter (the attempt's log says so, health counts it), and
 the warm interpreters are gone after the server stops, and after it is killed with SIGKILL
 (no orphans: each box's boot dies with its supervisor's liveness pipe, bwrap with its
-parent)."""
+parent), and the folders a killed server left are swept when it starts again."""
 
 from __future__ import annotations
 
@@ -83,6 +83,14 @@ def test_warm_starts_once_hot_and_no_warm_interpreter_outlives_its_server(
                lambda: f"{[p for p in waiting if process_alive(p)]} outlived the {how} "
                        "server")
     assert processes_in(work_dir) == []
+    if how == "killed":
+        # SIGKILL ran no cleanup: the boxes' folders stay until the next start on the
+        # data folder sweeps them (the SQLite store's only process: all of it is stale).
+        left = [entry for entry in Path(work_dir).iterdir() if entry.name.startswith("warm-")]
+        assert left, "a killed server's warm folders were expected in its work folder"
+        restarted = launch_server(data_dir=server.data_dir)
+        assert restarted.sandbox()["work_dir"] == work_dir
+        assert [entry for entry in left if entry.exists()] == []
 
 
 def test_health_counts_warm_starts_for_the_operator_only(server: ServerProcess) -> None:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import resource
 import secrets
@@ -108,6 +109,8 @@ JOB_USER = "batchyard-job"
 UID_LOCK_DIR = Path("/run/batchyard/uids")
 PROBE_TIMEOUT_SECONDS = 20.0
 _SIGNALS = frozenset(member.value for member in signal.Signals)
+
+log = logging.getLogger(__name__)
 
 
 class SandboxUnavailable(BatchyardError):
@@ -243,6 +246,19 @@ class UidPool:
                 continue
             return _Identity(uid, fd)
         raise BatchyardError(f"all {self.count} job uids from {self.base} are in use")
+
+    def hold(self, uid: int) -> _Identity | None:
+        """``uid``'s lock if no process on this host holds it now, else None."""
+        if not self.base <= uid < self.base + self.count:
+            return None
+        self.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return _Identity(uid, fd)
 
     @staticmethod
     def release(identity: _Identity) -> None:
@@ -400,7 +416,54 @@ class Sandbox:
                 # helper that left the group with setsid still runs under this uid.
                 if not self._bwrap:
                     kill_user_processes(identity.uid)
-                UidPool.release(identity)
+                # The folders go before the uid does: released first, the uid could be
+                # the next attempt's, another tenant's, while this one's files (owned by
+                # it) were still there. A folder that will not go keeps its uid locked
+                # until this process ends; the next start's sweep removes both.
+                if workspace.remove():
+                    UidPool.release(identity)
+                else:
+                    log.error("could not remove %s: its job uid %d stays unused until "
+                              "this process restarts", workspace.root, identity.uid)
+
+    def sweep_leftovers(self, work_root: Path, *, exclusive: bool) -> int:
+        """Remove the attempt folders (cold and warm) and aliases that a previous life left
+        in ``work_root`` (a SIGKILL runs no cleanup; each boot would add more); return how
+        many entries went. Run at start, before any attempt.
+
+        A folder is stale when the lock of the job uid owning it is free: a uid is given
+        back only after its folder is gone (confine), so a live attempt's folder always
+        has its uid held. When this process is the data folder's only one (``exclusive``:
+        SQLite), every folder is its own previous life's, whoever holds its uid now; on a
+        shared data folder (PostgreSQL), one that no job uid owns may be another process's
+        and is left alone. An alias goes once its folder has.
+        """
+        if not work_root.is_dir():
+            return 0
+        removed = 0
+        entries = sorted(work_root.iterdir(), key=lambda entry: entry.is_symlink())
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_symlink():
+                    if exclusive or not entry.exists():
+                        entry.unlink()
+                        removed += 1
+                    continue
+                if not entry.is_dir():
+                    continue
+                owner = entry.stat().st_uid
+                identity = self._uids.hold(owner) if self._uids is not None else None
+                if identity is None and not exclusive:
+                    continue
+                try:
+                    if identity is not None and not self._bwrap:
+                        kill_user_processes(identity.uid)  # its setsid leftovers
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += not entry.exists()
+                finally:
+                    if identity is not None:
+                        UidPool.release(identity)
+        return removed
 
     def _prefix(self, workspace: Workspace, read_only: Sequence[Path]) -> tuple[str, ...]:
         if not self._bwrap:

@@ -22,8 +22,10 @@ class Workspace:
     output: Path
     tmp: Path
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Remove the folders; True when nothing of them is left."""
         shutil.rmtree(self.root, ignore_errors=True)
+        return not os.path.lexists(self.root)
 
 
 class SetupTimedOut(Exception):
