@@ -152,13 +152,38 @@ def invoke_concurrently(url: str, headers: httpx.Headers, job_id: str, count: in
     return ids
 
 
-def wait_all_succeeded(client: httpx.Client, job_id: str, ids: list[str]) -> None:
-    """Claims go oldest first: wait for the last one invoked, then count them all once a
-    poll (a listing on every poll would cost the server more than the jobs do)."""
-    wait_finished(client, max(ids), timeout=300, poll=0.05)
+def wait_all_succeeded(client: httpx.Client, job_id: str, ids: list[str],
+                       timeout: float = 300) -> None:
+    """Claims go oldest first: wait for the last one invoked, then check them all once a
+    poll (a listing on every poll would cost the server more than the jobs do). Raises
+    if one of them ended otherwise, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    wait_finished(client, max(ids), timeout=timeout, poll=0.05)
+    wanted = set(ids)
     while True:
-        done = client.get("/api/v1/executions", params={
-            "job_id": job_id, "status": "succeeded", "limit": 500}).json()["items"]
-        if len(done) >= len(ids):
+        statuses = _statuses(client, job_id)
+        ended_otherwise = {i: s for i, s in statuses.items()
+                           if i in wanted and s not in ("queued", "running", "succeeded")}
+        if ended_otherwise:
+            raise RuntimeError(f"{len(ended_otherwise)} executions did not succeed: "
+                               f"{sorted(ended_otherwise.items())[:5]}")
+        if sum(statuses.get(i) == "succeeded" for i in wanted) == len(wanted):
             return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not all {len(wanted)} executions succeeded in {timeout} s")
         time.sleep(0.05)
+
+
+def _statuses(client: httpx.Client, job_id: str) -> dict[str, str]:
+    """Every execution of the job and its status, page by page."""
+    statuses: dict[str, str] = {}
+    cursor: str | None = None
+    while True:
+        params: dict[str, str | int] = {"job_id": job_id, "limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/api/v1/executions", params=params).json()
+        statuses.update({item["id"]: item["status"] for item in page["items"]})
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return statuses

@@ -37,6 +37,7 @@ from batchyard.runtime.box.netguard import install_network_guard
 from batchyard.runtime.box.sandbox import JobLimits, Sandbox
 from batchyard.runtime.box.sandbox_setup import detect_sandbox
 from batchyard.runtime.box.supervisor import RuntimeLimits, Supervisor
+from batchyard.runtime.box.workspace import lock_work_root, share_work_root
 from batchyard.runtime.channel.dbbroker import DatabaseBroker
 from batchyard.runtime.channel.dbrun import QueryLimits
 from batchyard.runtime.channel.mailer import JobEmailHandler
@@ -122,10 +123,9 @@ def sandbox_report(sandbox: Sandbox) -> dict[str, object]:
             "job_uids": list(sandbox.uid_range) if sandbox.uid_range else None}
 
 
-def build_supervisor(settings: Settings, data_dir: Path, *, exclusive: bool) -> Supervisor:
+def build_supervisor(settings: Settings, data_dir: Path) -> Supervisor:
     """The attempt box of a worker host (this server's or a remote worker's): the sandbox
-    decided, the network guard installed, the environment cache; no request handlers.
-    ``exclusive``: no other process serves this data folder (and so its work folder)."""
+    decided, the network guard installed, the environment cache; no request handlers."""
     # Children run with -B; compile the SDK once so their imports stay fast.
     compileall.compile_dir(str(JOBPATH), quiet=1)
     # Sandbox: decided once here (a probe run of the real command as a job uid).
@@ -146,7 +146,12 @@ def build_supervisor(settings: Settings, data_dir: Path, *, exclusive: bool) -> 
     _log_sandbox(sandbox)
     # What a killed previous life left (its attempts are retried by sweep_lost, in folders
     # of their own): one SIGKILL's folders per boot would fill the disk over months.
-    swept = sandbox.sweep_leftovers(work_root, exclusive=exclusive)
+    work_root.parent.mkdir(parents=True, exist_ok=True)
+    work_lock, alone = lock_work_root(work_root)
+    try:
+        swept = sandbox.sweep_leftovers(work_root, exclusive=alone)
+    finally:
+        share_work_root(work_lock)
     if swept:
         log.info("removed %d attempt folders left in %s by an earlier run", swept, work_root)
     supervisor = Supervisor(python, work_root, RuntimeLimits(
@@ -155,6 +160,7 @@ def build_supervisor(settings: Settings, data_dir: Path, *, exclusive: bool) -> 
         artifact_cap_bytes=settings.artifact_cap_bytes,
         artifact_max_files=settings.artifact_max_files, disk_bytes=settings.job_max_disk_bytes,
         setup_timeout_seconds=settings.setup_timeout_seconds), sandbox)
+    supervisor.work_root_lock = work_lock
     # Dependencies: jobs' requirements.txt, installed by uv into cached environments.
     supervisor.environments = EnvCache(
         placement.env_root, python, placement.uv_cache, settings.env_cache_max_mb * 1024 * 1024,
@@ -201,8 +207,7 @@ class Server:
             self.operator_token = _read_or_create(path, "byo_" + secrets.token_urlsafe(32))
         self.platform = Platform(db=self.db, clock=SystemClock(), secrets=box)
         _seal(data_dir)
-        self.supervisor = build_supervisor(self.settings, data_dir,
-                                           exclusive=self.slot.exclusive)
+        self.supervisor = build_supervisor(self.settings, data_dir)
         smtp = SmtpConfig.from_settings(self.settings)
         mailer = SmtpMailer(smtp) if smtp is not None else None
         if smtp is None:

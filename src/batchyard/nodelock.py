@@ -37,9 +37,6 @@ class NodeSlot:
     node_id: str
     slot: int
     _fd: int
-    # No other process serves the data folder (SQLite's one, and no other slot taken):
-    # what it holds, such as the attempts' work folder, is this process's alone.
-    exclusive: bool = False
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -57,27 +54,13 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _any_taken(data_dir: Path) -> bool:
-    """Whether a process (on another store) holds one of the shared slots."""
-    for slot in range(1, MAX_SLOTS):
-        path = data_dir / f"node.{slot}.lock"
-        if not path.exists():
-            continue
-        fd = _try_lock(path)
-        if fd is None:
-            return True
-        os.close(fd)
-    return False
-
-
 def take_node_slot(data_dir: Path, base_id: str, *, shared_store: bool) -> NodeSlot:
     """Lock this process's slot of ``data_dir``; DataFolderBusy when there is none."""
     slots = MAX_SLOTS if shared_store else 1
     for slot in range(slots):
         fd = _try_lock(data_dir / f"node.{slot}.lock")
         if fd is not None:
-            return NodeSlot(base_id if slot == 0 else f"{base_id}-{slot}", slot, fd,
-                            exclusive=not shared_store and not _any_taken(data_dir))
+            return NodeSlot(base_id if slot == 0 else f"{base_id}-{slot}", slot, fd)
     if not shared_store:
         raise DataFolderBusy(
             f"Another batchyard process is already serving the data folder {data_dir}. "

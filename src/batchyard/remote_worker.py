@@ -45,7 +45,7 @@ class RemoteWorker:
         hello = self.port.hello()
         log.info("worker token %s (%s) accepted by %s", hello["worker"], hello["name"],
                  server_url)
-        self.supervisor = build_supervisor(settings, data_dir, exclusive=self.slot.exclusive)
+        self.supervisor = build_supervisor(settings, data_dir)
         port = self.port
 
         def forward(attempt: ClaimedAttempt, record: Any) -> dict[str, Any]:

@@ -34,18 +34,3 @@ def test_on_postgresql_each_process_has_its_own_node_id_and_a_restart_takes_its_
     assert restarted.node_id == "node-abc-1"
     for slot in (first, third, restarted):
         slot.release()
-
-
-def test_only_the_sqlite_process_alone_on_its_data_folder_is_exclusive(tmp_path: Path) -> None:
-    # Exclusive: the start-up sweep may take every attempt folder as its own previous life's.
-    alone = take_node_slot(tmp_path, "node-abc", shared_store=False)
-    assert alone.exclusive
-    alone.release()
-    shared = take_node_slot(tmp_path, "node-abc", shared_store=True)
-    other = take_node_slot(tmp_path, "node-abc", shared_store=True)
-    assert not shared.exclusive and not other.exclusive
-    shared.release()  # slot 0 is free again, but a process on PostgreSQL still holds slot 1
-    beside = take_node_slot(tmp_path, "node-abc", shared_store=False)
-    assert beside.slot == 0 and not beside.exclusive
-    other.release()
-    beside.release()

@@ -1,8 +1,8 @@
 """An attempt's folders and its uid, at both isolation levels, against the real sandbox:
 the folders go before the uid is given back (so a uid's next attempt never finds them),
 a folder that will not go keeps its uid, and what a killed server left in the work folder
-is swept at the next start (a process on a shared data folder sweeps only what no live
-process holds).
+is swept at the next start (a process sharing its work folder with others sweeps only what
+no live process holds).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import pytest
 
 from batchyard.app import Server
 from batchyard.config import Settings
+from batchyard.domain.executions import AttemptOutcome
 from batchyard.runtime.box.sandbox import SandboxUnavailable, UidPool
-from batchyard.runtime.box.workspace import new_workspace
+from batchyard.runtime.box.workspace import lock_work_root, new_workspace, share_work_root
+from support.attempts import claimed_attempt, run_attempt
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -162,3 +164,100 @@ def test_a_restart_on_the_same_data_folder_sweeps_a_killed_servers_leftovers(
         placement = second.supervisor.sandbox.placement
         if placement is not None and placement.runtime_dir is not None:
             shutil.rmtree(placement.runtime_dir, ignore_errors=True)
+
+
+def _deep_tree(under: Path, depth: int = 1100) -> None:
+    """Folders nested deeper than Python's recursion limit (shutil.rmtree recurses per
+    level): a job can make them in its own tmp folder."""
+    fd = os.open(under, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+
+
+def test_folders_nested_deeper_than_the_recursion_limit_go_and_give_their_uid_back(
+        server: Server) -> None:
+    sandbox, work_root = server.supervisor.sandbox, server.supervisor.work_root
+    workspace = new_workspace(work_root, "exe_deep-1")
+    with sandbox.confine(workspace) as confinement:
+        uid = confinement.owner
+        _deep_tree(workspace.tmp)
+    assert not workspace.root.exists()
+    held = _pool(server).hold(uid) if uid is not None else None
+    assert held is not None
+    UidPool.release(held)
+    # And a killed server's deep folder does not keep the next start from sweeping.
+    left = new_workspace(work_root, "warm-deep")
+    _deep_tree(left.tmp)
+    assert sandbox.sweep_leftovers(work_root, exclusive=True) == 1
+    assert not left.root.exists()
+
+
+def test_a_process_alone_on_its_work_folder_sweeps_it_and_one_beside_another_does_not(
+        tmp_path: Path) -> None:
+    work_root = tmp_path / "work"
+    work_root.mkdir()
+    first, alone = lock_work_root(work_root)
+    assert alone  # exclusive while it sweeps
+    share_work_root(first)
+    second, second_alone = lock_work_root(work_root)
+    assert not second_alone  # the first one still uses the folder
+    os.close(first)
+    os.close(second)
+    again, again_alone = lock_work_root(work_root)
+    assert again_alone  # both gone: what is left there is stale
+    os.close(again)
+
+
+def test_a_server_beside_a_live_process_on_its_work_folder_keeps_that_ones_folders(
+        level: str, tmp_path: Path) -> None:
+    first = _build(tmp_path / "data", level)
+    work_root = first.supervisor.work_root
+    _close(first)
+    live = new_workspace(work_root, "exe_live-1")  # root-owned: not chowned yet
+    other, _alone = lock_work_root(work_root)  # another process using the folder
+    share_work_root(other)
+    try:
+        second = _build(tmp_path / "data", level)
+        try:
+            assert live.root.is_dir()
+        finally:
+            _close(second)
+    finally:
+        os.close(other)
+        live.remove()
+        placement = first.supervisor.sandbox.placement
+        if placement is not None and placement.runtime_dir is not None:
+            shutil.rmtree(placement.runtime_dir, ignore_errors=True)
+
+
+DEEP_OUTPUT = """
+import os
+def main():
+    out = os.environ['OUTPUT_DIR']
+    with open(os.path.join(out, 'result.txt'), 'w') as handle:
+        handle.write('done')
+    fd = os.open(out, os.O_RDONLY)
+    for _ in range(1100):  # deeper than the server's recursion limit
+        os.mkdir('d', dir_fd=fd)
+        inner = os.open('d', os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    with open(f'/proc/self/fd/{fd}/deep.txt', 'w') as handle:
+        handle.write('deep')
+"""
+
+
+def test_a_job_nesting_its_output_deeper_than_the_recursion_limit_succeeds_with_its_files(
+        server: Server) -> None:
+    result, logs = run_attempt(server.supervisor, claimed_attempt(DEEP_OUTPUT))
+    assert result.outcome is AttemptOutcome.SUCCEEDED, (result, [r.message for r in logs])
+    names = [artifact.name for artifact in result.artifacts]
+    assert names[0] == "result.txt" and names[-1].endswith("/d/deep.txt"), names
+    assert len(names) == 2
+    assert list(server.supervisor.work_root.iterdir()) == []

@@ -65,7 +65,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from batchyard.errors import BatchyardError
-from batchyard.runtime.box.workspace import Workspace
+from batchyard.runtime.box.workspace import Workspace, remove_tree
 from batchyard.sdk import JOBPATH
 
 # Runs first in the job's interpreter, before anything of the job is imported. A constant,
@@ -433,17 +433,18 @@ class Sandbox:
 
         A folder is stale when the lock of the job uid owning it is free: a uid is given
         back only after its folder is gone (confine), so a live attempt's folder always
-        has its uid held. When this process is the data folder's only one (``exclusive``:
-        SQLite), every folder is its own previous life's, whoever holds its uid now; on a
-        shared data folder (PostgreSQL), one that no job uid owns may be another process's
-        and is left alone. An alias goes once its folder has.
+        has its uid held. When no other process uses the work folder (``exclusive``, from
+        workspace.lock_work_root), every folder is this process's previous lives', whoever
+        holds its uid now; when others do (several processes on one PostgreSQL data
+        folder), one that no job uid owns may be theirs and is left alone. An alias goes
+        once its folder has. A failure on one entry is logged and the rest swept.
         """
         if not work_root.is_dir():
             return 0
         removed = 0
         entries = sorted(work_root.iterdir(), key=lambda entry: entry.is_symlink())
         for entry in entries:
-            with contextlib.suppress(OSError):
+            try:
                 if entry.is_symlink():
                     if exclusive or not entry.exists():
                         entry.unlink()
@@ -458,11 +459,15 @@ class Sandbox:
                 try:
                     if identity is not None and not self._bwrap:
                         kill_user_processes(identity.uid)  # its setsid leftovers
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed += not entry.exists()
+                    if remove_tree(entry):
+                        removed += 1
+                    else:
+                        log.warning("could not remove %s (left by an earlier run)", entry)
                 finally:
                     if identity is not None:
                         UidPool.release(identity)
+            except Exception:  # one odd entry must not keep the worker from starting
+                log.exception("sweeping %s failed", entry)
         return removed
 
     def _prefix(self, workspace: Workspace, read_only: Sequence[Path]) -> tuple[str, ...]:

@@ -198,6 +198,8 @@ class Supervisor:
         self._lock = threading.Lock()
         # Warm starts (runtime/box/warm.py): off until enable_warm_starts.
         self.warm: WarmPool[_WarmBox] | None = None
+        # This process's share of work_root (workspace.lock_work_root), given up by close.
+        self.work_root_lock: int | None = None
 
     def enable_warm_starts(self, size: int, per_key: int, idle_seconds: float,
                            max_bytes: int) -> None:
@@ -217,6 +219,9 @@ class Supervisor:
         """Retire the warm interpreters (running attempts are the pool's to stop)."""
         if self.warm is not None:
             self.warm.close()
+        if self.work_root_lock is not None:
+            os.close(self.work_root_lock)
+            self.work_root_lock = None
 
     def warm_stats(self) -> WarmStats | None:
         return self.warm.stats() if self.warm is not None else None

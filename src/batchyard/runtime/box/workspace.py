@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
 import shutil
 import stat
+import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +28,46 @@ class Workspace:
 
     def remove(self) -> bool:
         """Remove the folders; True when nothing of them is left."""
-        shutil.rmtree(self.root, ignore_errors=True)
-        return not os.path.lexists(self.root)
+        return remove_tree(self.root)
+
+
+def remove_tree(path: Path) -> bool:
+    """Remove ``path`` and all under it, never raising; True when nothing of it is left.
+
+    A job decides the shape of its folders: in a tree nested deeper than Python's recursion
+    limit, ``shutil.rmtree`` (recursive per level in 3.11) raises RecursionError, which
+    ``ignore_errors`` does not cover; rm(1) walks without recursing. Neither crosses into a
+    file system mounted inside (a job's FUSE mount at the rlimits level): that one stays.
+    """
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except Exception:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=600, check=False)
+    return not os.path.lexists(path)
+
+
+def lock_work_root(work_root: Path) -> tuple[int, bool]:
+    """Join the processes using ``work_root``, for this process's life: a shared ``flock``
+    on ``<work_root>.lock`` (closing the returned fd leaves). True: no other process uses
+    it; the lock is exclusive then until ``share_work_root``, so that what is in the folder
+    is this process's previous lives' alone while it sweeps (a process starting meanwhile
+    waits for its shared lock)."""
+    fd = os.open(work_root.with_name(work_root.name + ".lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd, False
+    return fd, True
+
+
+def share_work_root(fd: int) -> None:
+    """After the sweep: others may join (the exclusive lock becomes a shared one)."""
+    fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 class SetupTimedOut(Exception):
@@ -84,15 +126,41 @@ class CollectedOutputs:
     skipped: tuple[str, ...]
 
 
+def _walk(top: str) -> Iterator[tuple[str, list[str]]]:
+    """``os.walk(top)``'s folders and their file names, in sorted pre-order, without
+    recursion: 3.11's os.walk recurses per level, and a job's output nested deeper than the
+    recursion limit raised RecursionError. A symbolic link to a folder is neither a file
+    nor descended into, as os.walk's ``followlinks=False``."""
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        folders, files = [], []
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()
+            except OSError:
+                is_folder = False
+            if not is_folder:
+                files.append(entry.name)
+            elif not entry.is_symlink():
+                folders.append(entry.name)
+        yield folder, sorted(files)
+        stack.extend(os.path.join(folder, name) for name in sorted(folders, reverse=True))
+
+
 def collect_outputs(output: Path, max_files: int, max_bytes: int) -> CollectedOutputs:
     """Keep regular files only, within the caps: never follow a symbolic link the job made,
     never read a hard link."""
     files: list[OutputFile] = []
     skipped: list[str] = []
     total = 0
-    for dirpath, dirnames, filenames in os.walk(output, followlinks=False):
-        dirnames.sort()
-        for filename in sorted(filenames):
+    for dirpath, filenames in _walk(str(output)):
+        for filename in filenames:
             path = Path(dirpath) / filename
             name = path.relative_to(output).as_posix()
             try:
