@@ -237,14 +237,9 @@ class UidPool:
         self.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         start = secrets.randbelow(self.count)
         for offset in range(self.count):
-            uid = self.base + (start + offset) % self.count
-            fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            return _Identity(uid, fd)
+            identity = self._try(self.base + (start + offset) % self.count)
+            if identity is not None:
+                return identity
         raise BatchyardError(f"all {self.count} job uids from {self.base} are in use")
 
     def hold(self, uid: int) -> _Identity | None:
@@ -252,6 +247,9 @@ class UidPool:
         if not self.base <= uid < self.base + self.count:
             return None
         self.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self._try(uid)
+
+    def _try(self, uid: int) -> _Identity | None:
         fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
