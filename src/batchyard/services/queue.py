@@ -10,7 +10,7 @@ import functools
 import itertools
 import logging
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -108,7 +108,11 @@ def _account_slots_statement(skip_locked: bool) -> Any:
     # for one account at once cannot both take its last slot (SQLite's writers are serial).
     # FOR NO KEY UPDATE, as admission's lock (services/invoke.py): inserts that reference
     # the account (a finish's deliveries, artifacts) neither wait for it nor make it skip.
-    return (select(Account.plan, _busy(Account.id)).where(Account.id == bindparam("aid"))
+    # The account's other figures an attempt's start needs come with the lock: every
+    # statement while it is held delays the account's other claims and admissions (with
+    # 128 slots on one account they queued for it ~130 ms, admissions behind them).
+    return (select(Account.plan, _busy(Account.id), Account.timezone, Account.budget_mode)
+            .where(Account.id == bindparam("aid"))
             .with_for_update(of=Account, skip_locked=skip_locked, key_share=True))
 
 
@@ -136,12 +140,18 @@ def _candidates(session: Session, now: datetime, sets: list[str]) -> \
             return
 
 
-_LOCKED_ELSEWHERE = -1
+@dataclass(frozen=True)
+class _LockedAccount:
+    """An account whose row this transaction holds: what a claim in it needs."""
+    limit: int | None  # its max_concurrent_executions; None when it is full already
+    plan: Any
+    timezone: str
+    budget_mode: str
 
 
-def _free_slots_limit(session: Session, account_id: str, wait: bool) -> int | None:
-    """Lock the account; its max_concurrent_executions, or None when it is already full.
-    Without ``wait``, ``_LOCKED_ELSEWHERE`` when another transaction holds it.
+def _lock_account(session: Session, account_id: str, wait: bool) -> _LockedAccount | None:
+    """Lock the account: its free-slot limit, timezone and budget mode. None when it does
+    not exist or, without ``wait``, when another transaction holds it.
 
     The count read here may be older than the lock (PostgreSQL evaluates the statement's
     subquery in the snapshot it took before waiting): it only passes over a full account
@@ -150,10 +160,10 @@ def _free_slots_limit(session: Session, account_id: str, wait: bool) -> int | No
     row = session.connection().execute(_account_slots_statement(not wait),
                                        {"aid": account_id}).first()
     if row is None:
-        return _LOCKED_ELSEWHERE if not wait else None
-    plan, busy = row
+        return None
+    plan, busy, timezone, budget_mode = row
     limit = plan_from_dict(plan).max_concurrent_executions
-    return limit if int(busy) < limit else None
+    return _LockedAccount(limit if int(busy) < limit else None, plan, timezone, budget_mode)
 
 
 # Claims rounds: each round either starts an attempt, ends a queued execution that cannot
@@ -168,23 +178,30 @@ class _Ended:
 _ENDED = _Ended()
 
 
-def _claim_in(platform: Platform, session: Session, account_id: str, limit: int | None,
-              due: int, worker: str, now: datetime, lease_seconds: float,
-              sets: list[str]) -> ClaimedAttempt | _Ended | None:
+def _claim_in(platform: Platform, session: Session, account_id: str,
+              account: _LockedAccount | None, due: int, worker: str, now: datetime,
+              lease_seconds: float, sets: list[str]) -> ClaimedAttempt | _Ended | None:
     """Under the account's lock: its head, claimed and started; None when it has none due
     (or no free slot), ``_ENDED`` when the head ended without an attempt."""
-    if limit is None:
+    if account is None or account.limit is None:
         return None
     # The head is picked now, under the lock, so a worker that waited for another's claim
     # of this account takes the next head at once instead of failing on the one just
     # taken and asking for heads again.
-    row = session.connection().execute(_claim_statement(), {
+    connection = session.connection()
+    with_state = not platform.db.is_sqlite
+    day = account_day(now, account.timezone).isoformat()
+    row = connection.execute(_claim_statement(with_state), {
         "aid": account_id, "p_worker": worker, "p_now": now,
         "p_until": now + timedelta(seconds=lease_seconds),
-        "label_sets": sets, "p_limit": limit}).first()
+        "label_sets": sets, "p_limit": account.limit, "p_day": day}).first()
     if row is None:
         return None
-    claimed = _start_attempt(platform, session, row._mapping, worker, now)
+    execution: Any = row._mapping
+    if not with_state:
+        execution = {**execution, **connection.execute(_CLAIMED_STATE, {
+            "aid": account_id, "jid": execution["job_id"], "p_day": day}).one()._mapping}
+    claimed = _start_attempt(platform, session, execution, account, worker, now)
     return _ENDED if claimed is None else replace(claimed, due_seen=due)
 
 
@@ -210,12 +227,12 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
             progressed = False
             locked: list[tuple[str, int]] = []
             for account_id, due in _candidates(session, now, sets):
-                limit = _free_slots_limit(session, account_id, wait=False)
-                if limit == _LOCKED_ELSEWHERE:
+                held = _lock_account(session, account_id, wait=False)
+                if held is None:
                     locked.append((account_id, due))
                     continue
                 holding = True
-                outcome = _claim_in(platform, session, account_id, limit, due, worker, now,
+                outcome = _claim_in(platform, session, account_id, held, due, worker, now,
                                     lease_seconds, sets)
                 if outcome is None:
                     continue  # nothing of this account is due any more, or it is full
@@ -225,9 +242,9 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
                 break
             if not progressed and locked and not holding:
                 account_id, due = locked[0]
-                limit = _free_slots_limit(session, account_id, wait=True)
+                held = _lock_account(session, account_id, wait=True)
                 holding = True
-                outcome = _claim_in(platform, session, account_id, limit, due, worker, now,
+                outcome = _claim_in(platform, session, account_id, held, due, worker, now,
                                     lease_seconds, sets)
                 if outcome is None:
                     return None
@@ -240,7 +257,7 @@ def claim_next_execution(platform: Platform, worker: str, lease_seconds: float,
 
 
 @functools.cache
-def _claim_statement() -> Any:
+def _claim_statement(with_state: bool) -> Any:
     # The status condition makes the claim exclusive even without SKIP LOCKED.
     columns = ("id", "account_id", "job_id", "job_name", "revision", "attempt_count",
                "reserved_seconds", "account_day", "params", "source", "log_seq", "log_bytes",
@@ -249,13 +266,29 @@ def _claim_statement() -> Any:
     head = (select(func.min(queued.c.id))
             .where(queued.c.account_id == bindparam("aid"), *_due(queued, "p_now"))
             .scalar_subquery())
+    # On PostgreSQL the claimed job's state and the account's usage on the attempt's start
+    # day come back with the claim (read in its snapshot, under the account's lock, as a
+    # statement of their own after it would): two round trips fewer while the lock is
+    # held. SQLite names no table in RETURNING, so a subquery there could not refer to the
+    # claimed row: _CLAIMED_STATE reads them after it (one writer: no other claim waits).
+    state = [*_claimed_state(_EXECUTION.c.account_id, _EXECUTION.c.job_id),
+             *usage.day_figures(_EXECUTION.c.account_id, bindparam("p_day"))] \
+        if with_state else []
     return (update(_EXECUTION)
             .where(_EXECUTION.c.id == head, _EXECUTION.c.status == "queued",
                    _busy(bindparam("aid")) < bindparam("p_limit"))
             .values(status="running", attempt_count=_EXECUTION.c.attempt_count + 1,
                     lease_owner=bindparam("p_worker"), lease_expires_at=bindparam("p_until"),
                     started_at=func.coalesce(_EXECUTION.c.started_at, bindparam("p_now")))
-            .returning(*(_EXECUTION.c[name] for name in columns)))
+            .returning(*(_EXECUTION.c[name] for name in columns), *state))
+
+
+def _claimed_state(account_id: Any, job_id: Any) -> list[Any]:
+    """The claimed job's status and deletion, as columns of another statement."""
+    job = _JOB.alias("claimed_job")
+    return [select(job.c[name]).where(job.c.id == job_id, job.c.account_id == account_id)
+            .scalar_subquery().label(label)
+            for name, label in (("status", "job_status"), ("deleted_at", "job_deleted_at"))]
 
 
 class _Unstartable(Exception):
@@ -266,12 +299,12 @@ class _Unstartable(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
-def _start_attempt(platform: Platform, session: Session, execution: Any, worker: str,
+def _start_attempt(platform: Platform, session: Session, execution: Any,
+                   account: _LockedAccount, worker: str,
                    now: datetime) -> ClaimedAttempt | None:
-    """Prepare the claimed attempt; None when the execution was ended instead."""
+    """Prepare the claimed attempt (``execution``: the claim statement's row); None when
+    the execution was ended instead."""
     connection = session.connection()
-    context = connection.execute(_CLAIM_CONTEXT, {"aid": execution["account_id"],
-                                                  "jid": execution["job_id"]}).one()
     # In strict mode a queued execution holds a reservation on the day it was admitted; an
     # attempt holds its deadline on the day it starts (SPEC §3), so the reservation moves.
     if execution["reserved_seconds"]:
@@ -279,17 +312,20 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
                           reserved_seconds=-execution["reserved_seconds"])
     settings = None
     try:
-        if context.deleted_at is not None:
+        if execution["job_deleted_at"] is not None:
             raise _Unstartable(ExecutionStatus.CANCELLED, JOB_DELETED,
                                "The job was deleted before this execution started.")
-        if context.job_status != "published":
+        if execution["job_status"] != "published":
             raise _Unstartable(ExecutionStatus.CANCELLED, JOB_UNPUBLISHED,
                                "The job was unpublished before this execution started.")
         revision, code, variables, secret_values = _prepare(platform, session, execution)
         settings = revision.settings
-        plan = plan_from_dict(context.plan)
-        day = account_day(now, context.timezone).isoformat()
-        _, runtime, reserved = usage.account_day_row(session, execution["account_id"], day)
+        plan = plan_from_dict(account.plan)
+        day = account_day(now, account.timezone).isoformat()
+        if execution["reserved_seconds"]:  # moved just now: read the day after the move
+            _, runtime, reserved = usage.account_day_row(session, execution["account_id"], day)
+        else:
+            runtime, reserved = float(execution["day_runtime"]), float(execution["day_reserved"])
         remaining = plan.daily_runtime_budget_seconds - runtime - reserved
         deadline = min(settings.timeout_seconds, remaining)
         if deadline <= 0:
@@ -299,9 +335,9 @@ def _start_attempt(platform: Platform, session: Session, execution: Any, worker:
     except _Unstartable as stop:
         _end_unstarted(platform, session, execution, now, stop, settings)
         return None
-    if context.budget_mode == "strict":
+    if account.budget_mode == "strict":
         usage.add_account(session, execution["account_id"], day, reserved_seconds=deadline)
-    reserved = deadline if context.budget_mode == "strict" else 0.0
+    reserved = deadline if account.budget_mode == "strict" else 0.0
     if reserved != execution["reserved_seconds"]:
         connection.execute(_SET_RESERVED, {"eid": execution["id"], "p_reserved": reserved})
     number = execution["attempt_count"]
@@ -422,10 +458,8 @@ _CHARGE = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
 _ACCOUNT_PLAN = select(_ACCOUNT.c.plan, _ACCOUNT.c.timezone) \
     .where(_ACCOUNT.c.id == bindparam("aid"))
 _JOB: Table = Job.__table__  # type: ignore[assignment]
-_CLAIM_CONTEXT = select(_ACCOUNT.c.plan, _ACCOUNT.c.timezone, _ACCOUNT.c.budget_mode,
-                        _JOB.c.status.label("job_status"), _JOB.c.deleted_at) \
-    .join(_JOB, and_(_JOB.c.account_id == _ACCOUNT.c.id, _JOB.c.id == bindparam("jid"))) \
-    .where(_ACCOUNT.c.id == bindparam("aid"))
+_CLAIMED_STATE = select(*_claimed_state(bindparam("aid"), bindparam("jid")),
+                        *usage.day_figures(bindparam("aid"), bindparam("p_day")))
 _SET_RESERVED = update(_EXECUTION).where(_EXECUTION.c.id == bindparam("eid")).values(
     reserved_seconds=bindparam("p_reserved"))
 # A claimed execution that ends before any attempt: the claim's count and start are undone.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, select
+from sqlalchemy import Insert, Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -71,6 +71,16 @@ def add_jobs(session: Session, account_id: str, day: str,
 
 _DAY_ROW = select(USAGE.c.executions, USAGE.c.runtime_seconds, USAGE.c.reserved_seconds) \
     .where(USAGE.c.account_id == bindparam("account_id"), USAGE.c.day == bindparam("day"))
+
+
+def day_figures(account_id: Any, day: Any) -> list[Any]:
+    """The account's run time and reservations on ``day`` (zeros when unused) as columns
+    of another statement (the claim's): ``day_runtime``, ``day_reserved``."""
+    return [func.coalesce(select(USAGE.c[name]).where(USAGE.c.account_id == account_id,
+                                                      USAGE.c.day == day)
+                          .scalar_subquery(), 0.0).label(label)
+            for name, label in (("runtime_seconds", "day_runtime"),
+                                ("reserved_seconds", "day_reserved"))]
 
 
 def account_day_row(session: Session, account_id: str, day: str) -> tuple[int, float, float]:
