@@ -63,6 +63,43 @@ def descendants(pid: int) -> set[int]:
     return ProcessTable.read().descendants(pid)
 
 
+def _children_files_work() -> bool:
+    return os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
+_HAS_CHILDREN_FILES = _children_files_work()
+
+
+def tree_below(pid: int) -> set[int]:
+    """The processes below ``pid`` by the kernel's children lists (CONFIG_PROC_CHILDREN):
+    a read per process of the tree, not of the host. The table of every process a
+    running attempt's disk check read instead was ~40 ms of a worker's CPU with 450
+    processes on the host (PostgreSQL's backends, 60 sleeping jobs), twice a second.
+    A process ending meanwhile is missed, as it would be by a table read a moment
+    earlier; a process that left the tree (its parent died) is the PID namespace's."""
+    if not _HAS_CHILDREN_FILES:
+        return process_table().descendants(pid)
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", "rb") as listing:
+                    children = [int(child) for child in listing.read().split()]
+            except (OSError, ValueError):
+                continue
+            for child in children:
+                if child not in found and child != pid:
+                    found.add(child)
+                    stack.append(child)
+    return found
+
+
 _table_lock = threading.Lock()
 _table: tuple[float, ProcessTable] | None = None
 

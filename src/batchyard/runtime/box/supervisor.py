@@ -41,7 +41,12 @@ from batchyard.logs import execution_context
 from batchyard.runtime.box.diskwatch import describe_violation, disk_usage
 from batchyard.runtime.box.envcache import EnvCache, InstallFailed, InstallInterrupted, Interrupt
 from batchyard.runtime.box.logsink import LogSink, LogWriter
-from batchyard.runtime.box.processes import kill_group_now, kill_tree, process_table
+from batchyard.runtime.box.processes import (
+    kill_group_now,
+    kill_tree,
+    process_table,
+    tree_below,
+)
 from batchyard.runtime.box.pump import OutputPump, Part
 from batchyard.runtime.box.resources import (
     ResourceUsage,
@@ -671,10 +676,12 @@ class Supervisor:
                 return
             # The job's processes: its tree, and under the rlimits level (no PID namespace:
             # a double fork leaves the tree) every process of the attempt's own uid.
-            table = process_table()
-            pids = {process.pid} | table.descendants(process.pid)
             if confinement.sweep_uid is not None:
-                pids |= table.owned_by(confinement.sweep_uid)
+                table = process_table()
+                pids = {process.pid} | table.descendants(process.pid) | \
+                    table.owned_by(confinement.sweep_uid)
+            else:  # under bubblewrap an orphan is adopted inside the tree (its PID namespace)
+                pids = {process.pid} | tree_below(process.pid)
             usage = disk_usage(watched, pids)
             violation = describe_violation(usage, self.limits.disk_bytes)
             if violation is not None:
