@@ -72,9 +72,9 @@ _HAS_CHILDREN_FILES = _children_files_work()
 
 def tree_below(pid: int) -> set[int]:
     """The processes below ``pid`` by the kernel's children lists (CONFIG_PROC_CHILDREN):
-    a read per process of the tree, not of the host. The table of every process a
-    running attempt's disk check read instead was ~40 ms of a worker's CPU with 450
-    processes on the host (PostgreSQL's backends, 60 sleeping jobs), twice a second.
+    a read per process of the tree, not of the host. The disk check's read of every
+    process on the host (PostgreSQL's backends, the other jobs' boxes: hundreds) twice a
+    second was 13 % of a worker's Python time with 60 sleeping jobs (bench/scale_out.py).
     A process ending meanwhile is missed, as it would be by a table read a moment
     earlier; a process that left the tree (its parent died) is the PID namespace's."""
     if not _HAS_CHILDREN_FILES:
