@@ -680,7 +680,7 @@ class Supervisor:
                 table = process_table()
                 pids = {process.pid} | table.descendants(process.pid) | \
                     table.owned_by(confinement.sweep_uid)
-            else:  # under bubblewrap an orphan is adopted inside the tree (its PID namespace)
+            else:  # bubblewrap adopts orphans inside the tree; unconfined, they escape it
                 pids = {process.pid} | tree_below(process.pid)
             usage = disk_usage(watched, pids)
             violation = describe_violation(usage, self.limits.disk_bytes)
