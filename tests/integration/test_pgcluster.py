@@ -42,15 +42,13 @@ def test_a_pooled_connection_the_server_closed_is_replaced_before_use(
     try:
         first = _backend(database)
         assert _backend(database) == first  # a live idle connection is kept
-        killer = create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
-        with killer.connect() as connection:
+        with _autocommit(cluster) as connection:
             assert connection.execute(text("SELECT pg_terminate_backend(:pid)"),
                                       {"pid": first}).scalar_one()
-        killer.dispose()
         # The backend's end reaches the client's socket asynchronously.
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            with cluster_connection(cluster) as connection:
+            with _autocommit(cluster) as connection:
                 alive = connection.execute(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
                     {"pid": first}).scalar_one()
@@ -69,7 +67,7 @@ def test_a_pooled_connection_the_server_closed_is_replaced_before_use(
 
 
 @contextmanager
-def cluster_connection(cluster: PostgresCluster) -> Iterator[Connection]:
+def _autocommit(cluster: PostgresCluster) -> Iterator[Connection]:
     engine = create_engine(cluster.url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with engine.connect() as connection:
