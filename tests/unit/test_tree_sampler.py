@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -63,3 +64,28 @@ def test_the_larger_of_each_figure_is_kept_and_a_report_alone_is_no_figure() -> 
     assert with_report(ResourceUsage(3.0, 5), report) == ResourceUsage(3.0, 10)
     assert with_report(None, report) is None
     assert with_report(ResourceUsage(1.0, 1), None) == ResourceUsage(1.0, 1)
+
+
+def test_many_samplers_share_one_thread_and_a_stopped_one_takes_no_more_samples() -> None:
+    child = subprocess.Popen([sys.executable, "-c", BURN.format(seconds=0.6)])
+    try:
+        before = threading.active_count()
+        samplers = [TreeSampler(child.pid, interval=0.01, dense_seconds=1.0).start()
+                    for _ in range(20)]
+        # At most the shared thread's own start (it may be running already).
+        assert threading.active_count() <= before + 1
+        time.sleep(0.2)
+        assert all(sampler.samples >= 3 for sampler in samplers), \
+            [sampler.samples for sampler in samplers]
+        first, rest = samplers[0], samplers[1:]
+        first.stop()
+        stopped_at = first.samples
+        time.sleep(0.1)
+        assert first.samples == stopped_at
+        assert all(sampler.samples >= 5 for sampler in rest)
+        child.wait()
+        # Each saw the tree's CPU (the burn), taken on the shared thread.
+        assert all(sampler.stop().cpu_seconds > 0.1 for sampler in rest)
+    finally:
+        child.kill()
+        child.wait()
